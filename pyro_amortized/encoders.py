@@ -1,0 +1,114 @@
+"""Encoder trunks and their inputs: the rows of a data plate's arguments -> features.
+
+An encoder is any ``nn.Module`` called as ``encoder(*inputs)``, one tensor per
+model argument that feeds the data plate, each of shape ``(batch, *point_shape)``
+(the argument's rows, integers and booleans cast to the default float dtype).
+It returns features of shape ``(batch, num_features)`` (trailing dimensions are
+flattened); the per-site heads are sized from them automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .structure import DataPlate
+
+
+class MLPEncoder(nn.Module):
+    """The default encoder trunk: flattens and concatenates the per-data-point
+    inputs, then applies fully connected layers with ``activation`` between them.
+
+    The first layer is sized on the first call (``nn.LazyLinear``), so the
+    encoder does not need to know the data's shape in advance. With
+    ``hidden_dims=()`` the features are the flattened inputs themselves (an
+    encoder whose heads are linear in the data).
+
+    :param hidden_dims: widths of the hidden layers.
+    :param activation: the activation module class applied after each layer.
+
+    Usage::
+
+        encoder = MLPEncoder(hidden_dims=(512, 256))
+        guide = AutoAmortizedGuide(model, encoder=encoder)
+    """
+
+    def __init__(
+        self,
+        hidden_dims: Sequence[int] = (256,),
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        hidden_dims = tuple(hidden_dims)
+        if not all(isinstance(width, int) and width > 0 for width in hidden_dims):
+            raise ValueError(
+                f"hidden_dims must be positive integers, but got {hidden_dims}."
+            )
+        if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+            raise ValueError(
+                f"activation must be an nn.Module class such as torch.nn.ReLU, "
+                f"but got {activation!r}."
+            )
+        layers: list[nn.Module] = []
+        for index, width in enumerate(hidden_dims):
+            layers.append(nn.LazyLinear(width) if index == 0 else nn.Linear(hidden_dims[index - 1], width))
+            layers.append(activation())
+        self.hidden_dims = hidden_dims
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Maps per-data-point inputs of shape ``(batch, ...)`` to ``(batch, features)``."""
+        flat = torch.cat([value.reshape(value.shape[0], -1) for value in inputs], dim=-1)
+        return self.layers(flat)
+
+
+def plate_inputs(
+    plate: DataPlate, values: Sequence[object], indices: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """The encoder inputs of a data plate: each argument's rows, as float tensors.
+
+    :param plate: the data plate.
+    :param values: the current values of ``plate.inputs``, in order.
+    :param indices: the minibatch rows to take, or ``None`` for every row.
+    :raises ValueError: if an input is missing, is not a tensor, or its
+        per-data-point shape differs from the one the encoder was built for.
+    """
+    inputs = []
+    for name, point_shape, value in zip(plate.inputs, plate.point_shapes, values):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"The encoder of plate '{plate.name}' reads argument '{name}', which is "
+                f"{type(value).__name__} in this call. Pass a tensor with one row per data "
+                "point, or choose other inputs with amortize_on=."
+            )
+        if value.shape[1:] != point_shape:
+            raise ValueError(
+                f"Argument '{name}' has per-data-point shape {tuple(value.shape[1:])}, but "
+                f"the encoder of plate '{plate.name}' was built for {tuple(point_shape)}. "
+                "Reshape the data to the training layout, or build a new guide."
+            )
+        if indices is not None:
+            value = value.index_select(0, indices.to(value.device))
+        if not value.is_floating_point():
+            value = value.to(torch.get_default_dtype())
+        inputs.append(value)
+    rows = {value.shape[0] for value in inputs}
+    if len(rows) > 1:
+        raise ValueError(
+            f"The inputs of plate '{plate.name}' ({', '.join(plate.inputs)}) have different "
+            f"numbers of rows {sorted(rows)}; each must have one row per data point."
+        )
+    return tuple(inputs)
+
+
+def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Runs an encoder and flattens its output to ``(batch, num_features)``."""
+    features = encoder(*inputs)
+    if not isinstance(features, torch.Tensor) or features.dim() == 0:
+        raise ValueError(
+            f"An encoder must return a tensor of shape (batch, num_features), but "
+            f"{type(encoder).__name__} returned {type(features).__name__}."
+        )
+    return features.reshape(features.shape[0], -1)

@@ -1,0 +1,491 @@
+"""Amortized automatic guides.
+
+Data flow of one call: the model's arguments -> (cached) model structure -> per
+data plate: the minibatch rows of its inputs -> encoder trunk -> one head per
+local site -> distribution over unconstrained values -> bijection to the support
+-> ``pyro.sample(site, Delta(value, log_density))``. Global sites get per-site
+parameters, as Pyro's AutoNormal / AutoDelta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import sum_rightmost
+from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.initialization import init_to_feasible
+from pyro.ops.tensor_utils import periodic_repeat
+from pyro.nn import PyroModule
+from torch import nn
+from torch.distributions import TransformedDistribution
+
+from .encoders import MLPEncoder, encode_features, plate_inputs
+from .heads import DeltaHead, GlobalDelta, GlobalNormal, NormalHead, unconstrained_quantiles
+from .structure import (
+    AmortizeOn,
+    ArgumentLocation,
+    DataPlate,
+    LatentSite,
+    ModelStructure,
+    bind_arguments,
+    locate_argument,
+    model_value,
+    read_model,
+    trace_prototype,
+    warn_if_nothing_to_amortize,
+)
+from .transforms import bijection_to
+
+
+def _module_key(name: str) -> str:
+    """An ``nn.Module`` attribute name for a site or plate name (injective)."""
+    return name.replace("%", "%25").replace(".", "%2E") or "%00"
+
+
+class AutoAmortizedGuide(AutoGuide):
+    """An amortized automatic guide: an inference network for local latent sites.
+
+    On the first call the guide reads the model (see :mod:`pyro_amortized.structure`):
+    the data plates, the local latent sites inside them, and the model arguments
+    whose rows feed each plate's encoder. Each data plate gets one encoder trunk
+    (default :class:`~pyro_amortized.MLPEncoder`) shared by its local sites, and
+    each local site a head mapping the encoder's features to a diagonal Normal over
+    its unconstrained value, per data point. Global latent sites get per-site
+    Normal parameters as :class:`~pyro.infer.autoguide.AutoNormal`. The parameter
+    count does not grow with the number of data points, and new data is inferred
+    by one forward pass (:meth:`encode`).
+
+    Plates are rebuilt from each call's arguments: a guide trained on minibatches
+    runs on a short last batch or on new data of any size. With a subsampled data
+    plate (``pyro.plate("data", N, subsample_size=B)``) and the full data passed,
+    the guide encodes exactly the minibatch rows the model sees.
+
+    Constrained supports are reached through a bijection with the correct
+    log-det-Jacobian (:func:`~pyro_amortized.transforms.bijection_to`). Sites the
+    model enumerates are left to ``TraceEnum_ELBO``.
+
+    .. note:: Parameters are named after the guide's class, so two guides of the
+        same class share param-store names unless
+        ``pyro.settings.set(module_local_params=True)`` is set (or
+        ``pyro.clear_param_store()`` is called between them).
+
+    Usage::
+
+        guide = AutoAmortizedGuide(model)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        for x in loader:
+            svi.step(x)
+        q = guide.encode(x_new)        # {"z": distribution over z for each row}
+
+    :param callable model: a Pyro model with local latent sites in a data plate.
+    :param amortize_on: the model arguments that feed the encoders: a name, a
+        list of names (used for every data plate), or ``{plate name: [names]}``.
+        By default every tensor argument whose first dimension indexes a data
+        plate's rows.
+    :param encoder: an ``nn.Module`` called as ``encoder(*inputs)`` returning
+        features of shape ``(batch, num_features)``, or a mapping from data plate
+        name to such a module. By default ``MLPEncoder(hidden_dims)`` per plate.
+    :param hidden_dims: hidden widths of the default encoder.
+    :param callable init_loc_fn: per-site initialization (see
+        :mod:`pyro.infer.autoguide.initialization`); local heads start at the
+        mean over data points of the initial unconstrained value.
+    :param float init_scale: initial scale of every Normal.
+    :param callable create_plates: optional function of the model's arguments
+        returning plates to use instead of the ones the guide builds.
+    """
+
+    _jacobian = True
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        amortize_on: AmortizeOn = None,
+        encoder: nn.Module | Mapping[str, nn.Module] | None = None,
+        hidden_dims: Sequence[int] = (256,),
+        init_loc_fn: Callable = init_to_feasible,
+        init_scale: float = 0.1,
+        create_plates: Callable | None = None,
+    ) -> None:
+        if not isinstance(init_scale, (int, float)) or not init_scale > 0:
+            raise ValueError(f"init_scale must be a positive number, but got {init_scale!r}.")
+        self._init_scale = float(init_scale)
+        self._check_options(amortize_on, encoder, hidden_dims, init_loc_fn)
+        super().__init__(model, create_plates=create_plates)
+        self.amortize_on = amortize_on
+        self.hidden_dims = tuple(hidden_dims)
+        self.init_loc_fn = init_loc_fn
+        self.encoders = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.global_params = PyroModule()
+        self._user_encoder = encoder
+        self._structure: ModelStructure | None = None
+        self._locations: dict[str, ArgumentLocation] = {}
+        self._transforms: dict[str, Any] = {}
+
+    @staticmethod
+    def _check_options(
+        amortize_on: AmortizeOn, encoder: Any, hidden_dims: Any, init_loc_fn: Any
+    ) -> None:
+        if amortize_on is not None and not isinstance(amortize_on, (str, Sequence, Mapping)):
+            raise ValueError(
+                "amortize_on must be an argument name, a list of names or a mapping "
+                f"{{plate name: [names]}}, but got {type(amortize_on).__name__}."
+            )
+        if encoder is not None and not isinstance(encoder, (nn.Module, Mapping)):
+            raise ValueError(
+                "encoder must be an nn.Module or a mapping {plate name: nn.Module}, "
+                f"but got {type(encoder).__name__}."
+            )
+        if isinstance(encoder, Mapping) and not all(
+            isinstance(module, nn.Module) for module in encoder.values()
+        ):
+            raise ValueError("Every value of the encoder mapping must be an nn.Module.")
+        MLPEncoder(hidden_dims)  # validates hidden_dims
+        if not callable(init_loc_fn):
+            raise ValueError(f"init_loc_fn must be callable, but got {init_loc_fn!r}.")
+
+    # ----------------------------------------------------------------- structure
+
+    @property
+    def local_sites(self) -> tuple[str, ...]:
+        """Names of the local latent sites (available after the first call)."""
+        return self._require_structure().local_sites
+
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        """Names of the global latent sites (available after the first call)."""
+        return self._require_structure().global_sites
+
+    @property
+    def data_plates(self) -> dict[str, tuple[str, ...]]:
+        """Data plate name -> the model arguments feeding its encoder (after the first call)."""
+        structure = self._require_structure()
+        return {name: plate.inputs for name, plate in structure.data_plates.items()}
+
+    def _require_structure(self) -> ModelStructure:
+        if self._structure is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has not read its model yet. Call the guide once "
+                "with the model's arguments (for example one svi.step(...))."
+            )
+        return self._structure
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        trace, outer = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
+        arguments = bind_arguments(self.model, args, kwargs)
+        structure = read_model(trace, outer, arguments, self.amortize_on)
+        warn_if_nothing_to_amortize(structure)
+        self._check_encoder_plates(structure)
+        self._transforms = {name: bijection_to(site.support) for name, site in structure.sites.items()}
+        for plate in structure.data_plates.values():
+            self._locations.update({name: locate_argument(self.model, name) for name in plate.inputs})
+            self._build_plate(plate, structure, trace, outer, arguments)
+        for name in structure.global_sites:
+            site = structure.sites[name]
+            init = self._init_unconstrained(site, trace.nodes[name], outer)
+            setattr(self.global_params, _module_key(name), self._global_module(init, site))
+        self._structure = structure
+
+    def _check_encoder_plates(self, structure: ModelStructure) -> None:
+        if isinstance(self._user_encoder, Mapping):
+            unknown = set(self._user_encoder) - set(structure.data_plates)
+            if unknown:
+                raise ValueError(
+                    f"encoder names plates {sorted(unknown)}, which are not data plates "
+                    f"of the model. Its data plates are: {sorted(structure.data_plates)}."
+                )
+
+    def _plate_encoder(self, plate: str) -> nn.Module:
+        if isinstance(self._user_encoder, Mapping):
+            return self._user_encoder.get(plate) or MLPEncoder(self.hidden_dims)
+        return self._user_encoder or MLPEncoder(self.hidden_dims)
+
+    def _init_unconstrained(self, site: LatentSite, node: dict, outer: frozenset) -> torch.Tensor:
+        value = model_value(node, outer).detach()
+        return self._transforms[site.name].inv(value).detach()
+
+    def _build_plate(
+        self,
+        plate: DataPlate,
+        structure: ModelStructure,
+        trace: Any,
+        outer: frozenset,
+        arguments: dict[str, Any],
+    ) -> None:
+        encoder = self._plate_encoder(plate.name)
+        inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None)
+        with torch.no_grad():
+            num_features = encode_features(encoder, inputs).shape[-1]
+        self.encoders[_module_key(plate.name)] = encoder
+        for name in plate.sites:
+            site = structure.sites[name]
+            init = self._init_unconstrained(site, trace.nodes[name], outer).mean(0)
+            self.heads[_module_key(name)] = self._local_head(num_features, init, site)
+
+    # ------------------------------------------------------------------ families
+
+    def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
+        return NormalHead(
+            num_features,
+            init_loc.shape,
+            len(site.unconstrained_event_shape),
+            init_loc=init_loc,
+            init_scale=self._init_scale,
+        )
+
+    def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
+        return GlobalNormal(
+            self._full_size_init(init_loc, site),
+            self._init_scale,
+            len(site.unconstrained_event_shape),
+        )
+
+    def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
+        return TransformedDistribution(unconstrained, [self._transforms[site.name]])
+
+    @staticmethod
+    def _full_size_init(init_loc: torch.Tensor, site: LatentSite) -> torch.Tensor:
+        """Repeats an initial value along subsampled plates to their full size."""
+        event_dim = len(site.unconstrained_event_shape)
+        for frame in site.frames:
+            full_size = frame.full_size or frame.size
+            if full_size != frame.size:
+                init_loc = periodic_repeat(init_loc, full_size, frame.dim - event_dim).contiguous()
+        return init_loc
+
+    # ------------------------------------------------------------------- calling
+
+    def _create_plates(self, *args: Any, **kwargs: Any) -> dict[str, pyro.plate]:
+        structure = self._require_structure()
+        plates = {}
+        if self.create_plates is not None:
+            created = self.create_plates(*args, **kwargs)
+            created = [created] if isinstance(created, pyro.plate) else list(created)
+            plates = {plate.name: plate for plate in created}
+        for name, frame in structure.frames.items():
+            if name in plates:
+                continue
+            if name in structure.data_plates:
+                plates[name] = self._data_plate(structure.data_plates[name], args, kwargs)
+            else:
+                full_size = frame.full_size or frame.size
+                plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=frame.size)
+        self.plates = plates
+        return plates
+
+    def _input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
+        return [self._locations[name].fetch(args, kwargs) for name in plate.inputs]
+
+    def _data_plate(self, plate: DataPlate, args: tuple, kwargs: dict) -> pyro.plate:
+        first = self._input_values(plate, args, kwargs)[0]
+        if not isinstance(first, torch.Tensor) or first.dim() == 0:
+            plate_inputs(plate, [first], None)  # raises the helpful error
+        rows = first.shape[0]
+        if plate.presubsampled:
+            return pyro.plate(
+                plate.name, plate.full_size, subsample_size=rows, dim=plate.dim, device=first.device
+            )
+        subsample_size = None if plate.subsample_size is None else min(plate.subsample_size, rows)
+        return pyro.plate(
+            plate.name, rows, subsample_size=subsample_size, dim=plate.dim, device=first.device
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Samples every latent site the guide covers, given the model's arguments.
+
+        :return: a dict from site name to sampled (constrained) value.
+        """
+        if self._structure is None:
+            self._setup_prototype(*args, **kwargs)
+        structure = self._structure
+        plates = self._create_plates(*args, **kwargs)
+        result = {}
+        for name in structure.global_sites:
+            site = structure.sites[name]
+            with ExitStack() as stack:
+                for frame in site.frames:
+                    stack.enter_context(plates[frame.name])
+                unconstrained = getattr(self.global_params, _module_key(name))()
+                result[name] = self._sample(site, unconstrained)
+        for plate in structure.data_plates.values():
+            with plates[plate.name] as indices:
+                rows = None if plate.presubsampled or plate.subsample_size is None else indices
+                inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), rows)
+                features = encode_features(self.encoders[_module_key(plate.name)], inputs)
+                for name in plate.sites:
+                    site = structure.sites[name]
+                    with ExitStack() as stack:
+                        for frame in site.frames:
+                            if frame.name != plate.name:
+                                stack.enter_context(plates[frame.name])
+                        unconstrained = self.heads[_module_key(name)](features)
+                        result[name] = self._sample(site, unconstrained)
+        return result
+
+    def _sample(self, site: LatentSite, unconstrained: dist.Distribution) -> torch.Tensor:
+        transform = self._transforms[site.name]
+        latent = pyro.sample(
+            site.name + "_unconstrained", unconstrained, infer={"is_auxiliary": True}
+        )
+        value = transform(latent)
+        log_density = 0.0
+        if self._jacobian and poutine.get_mask() is not False:
+            log_density = transform.inv.log_abs_det_jacobian(value, latent)
+            log_density = sum_rightmost(
+                log_density, log_density.dim() - value.dim() + site.event_dim
+            )
+        delta = dist.Delta(value, log_density=log_density, event_dim=site.event_dim)
+        return pyro.sample(site.name, delta)
+
+    # ----------------------------------------------------------------- test time
+
+    def _local_unconstrained(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
+        """Each local site's unconstrained distribution for every row of the data."""
+        structure = self._require_structure()
+        result = {}
+        for plate in structure.data_plates.values():
+            inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), None)
+            features = encode_features(self.encoders[_module_key(plate.name)], inputs)
+            for name in plate.sites:
+                result[name] = self.heads[_module_key(name)](features)
+        return result
+
+    def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
+        """The local posterior of every row of the data in ``args``: one forward pass.
+
+        Takes the model's arguments. The data plates are not subsampled, and no
+        parameter is registered in Pyro's param store.
+
+        :return: a dict from local site name to a distribution over its
+            constrained value, with batch shape ``(num_rows, *point_batch_shape)``,
+            supporting ``sample``, ``rsample`` and ``log_prob``.
+        """
+        return {
+            name: self._constrained(unconstrained, self._structure.sites[name])
+            for name, unconstrained in self._local_unconstrained(*args, **kwargs).items()
+        }
+
+    def _global_unconstrained(self) -> dict[str, dist.Distribution]:
+        structure = self._require_structure()
+        return {
+            name: getattr(self.global_params, _module_key(name))()
+            for name in structure.global_sites
+        }
+
+    def _all_unconstrained(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
+        result = self._global_unconstrained()
+        result.update(self._local_unconstrained(*args, **kwargs))
+        return result
+
+    @torch.no_grad()
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The posterior median of every latent site; local sites for every row of
+        the data in ``args`` (of any size).
+
+        :return: a dict from site name to its median (the bijection of the
+            unconstrained median).
+        """
+        return {
+            name: self._transforms[name](unconstrained.mean)
+            for name, unconstrained in self._all_unconstrained(*args, **kwargs).items()
+        }
+
+    @torch.no_grad()
+    def quantiles(
+        self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        """Coordinate-wise posterior quantiles of every latent site; local sites for
+        every row of the data in ``args``.
+
+        Usage::
+
+            q = guide.quantiles([0.05, 0.5, 0.95], x_new)
+            q["z"].shape     # (3, len(x_new), ...)
+
+        :param quantiles: levels between 0 and 1.
+        :return: a dict from site name to a tensor with a leading dimension over
+            ``quantiles``.
+        """
+        result = {}
+        for name, unconstrained in self._all_unconstrained(*args, **kwargs).items():
+            levels = torch.as_tensor(
+                quantiles, dtype=unconstrained.mean.dtype, device=unconstrained.mean.device
+            )
+            result[name] = self._transforms[name](unconstrained_quantiles(unconstrained, levels))
+        return result
+
+    # --------------------------------------------------------------- persistence
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Like AutoGuide, drop the model (often a local function), without
+        # mutating the live guide.
+        state = self.__dict__.copy()
+        state["_model"] = None
+        state["master"] = None
+        return state
+
+
+class AutoAmortizedDelta(AutoAmortizedGuide):
+    """Amortized point estimates (MAP): each local site's value is a function of
+    its data point, each global site a free value, in constrained space as
+    Pyro's :class:`~pyro.infer.autoguide.AutoDelta`.
+
+    Usage::
+
+        guide = AutoAmortizedDelta(model)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+    :param callable model: a Pyro model with local latent sites in a data plate.
+    :param amortize_on: the model arguments feeding the encoders (see
+        :class:`AutoAmortizedGuide`).
+    :param encoder: an encoder module or a mapping from data plate to module.
+    :param hidden_dims: hidden widths of the default encoder.
+    :param callable init_loc_fn: per-site initialization.
+    :param callable create_plates: optional function returning plates to use.
+    """
+
+    _jacobian = False
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        amortize_on: AmortizeOn = None,
+        encoder: nn.Module | Mapping[str, nn.Module] | None = None,
+        hidden_dims: Sequence[int] = (256,),
+        init_loc_fn: Callable = init_to_feasible,
+        create_plates: Callable | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            amortize_on=amortize_on,
+            encoder=encoder,
+            hidden_dims=hidden_dims,
+            init_loc_fn=init_loc_fn,
+            create_plates=create_plates,
+        )
+
+    def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
+        return DeltaHead(
+            num_features, init_loc.shape, len(site.unconstrained_event_shape), init_loc=init_loc
+        )
+
+    def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
+        return GlobalDelta(
+            self._full_size_init(init_loc, site), len(site.unconstrained_event_shape)
+        )
+
+    def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
+        value = self._transforms[site.name](unconstrained.mean)
+        return dist.Delta(value, event_dim=site.event_dim)
+
+
+AutoAmortizedNormal = AutoAmortizedGuide
+"""The default family under its explicit name: diagonal Normal per local site."""

@@ -1,0 +1,489 @@
+"""Reading a Pyro model: data plates, local and global latent sites, encoder inputs.
+
+The model is run once (the *prototype trace*) and its arguments are bound to
+their names with :func:`inspect.signature`. From the two:
+
+* a **data plate** is a vectorized plate holding an observed site whose leading
+  dimension is the plate, and whose rows are reachable through a model argument:
+  a tensor argument whose first dimension is the plate's full size (the guide
+  subsamples it like the model) or its subsample size (the argument already is
+  the minibatch). Every such argument feeds the plate's encoder;
+* a **local** latent site sits in a data plate (the outermost one it sits in);
+  fixed-size plates nested inside the data plate become part of its per-point
+  shape;
+* every other latent site is **global**;
+* sites the model enumerates (``infer={"enumerate": ...}``) are left to the ELBO,
+  observed and deterministic sites are never guided.
+
+``amortize_on`` overrides the choice of inputs: an argument name, a list of
+names, or a mapping ``{plate name: [argument names]}``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import constraints
+
+from .transforms import bijection_to
+
+AmortizeOn = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
+
+
+@dataclass(frozen=True)
+class DataPlate:
+    """A plate over data points and the model arguments that feed its encoder.
+
+    :param name: the plate's name.
+    :param dim: the plate's batch dimension (negative).
+    :param full_size: the plate's size at the first call.
+    :param subsample_size: its subsample size at the first call, or ``None``
+        when it did not subsample.
+    :param inputs: names of the model arguments whose rows feed the encoder.
+    :param point_shapes: the per-data-point shape of each input.
+    :param presubsampled: ``True`` when the inputs hold only the minibatch rows
+        (a plate ``pyro.plate(name, N, subsample_size=len(x))`` over a batch ``x``).
+    :param sites: the local latent sites in this plate, in model order.
+    """
+
+    name: str
+    dim: int
+    full_size: int
+    subsample_size: int | None
+    inputs: tuple[str, ...]
+    point_shapes: tuple[torch.Size, ...]
+    presubsampled: bool
+    sites: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """A latent sample site the guide must cover.
+
+    :param name: the site's name.
+    :param support: the support of the site's distribution.
+    :param event_shape: the site's (constrained) event shape.
+    :param unconstrained_event_shape: the event shape in unconstrained space.
+    :param frames: the vectorized plates the site sits in, outermost first.
+    :param data_plate: the name of its data plate, ``None`` for a global site.
+    :param point_batch_shape: for a local site, the batch shape of one data
+        point (the site's batch shape without the data plate's dimension).
+    """
+
+    name: str
+    support: constraints.Constraint
+    event_shape: torch.Size
+    unconstrained_event_shape: torch.Size
+    frames: tuple[CondIndepStackFrame, ...]
+    data_plate: str | None = None
+    point_batch_shape: torch.Size = torch.Size()
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    @property
+    def is_local(self) -> bool:
+        return self.data_plate is not None
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """What an amortized guide needs to know about a model.
+
+    :param data_plates: the data plates by name.
+    :param sites: every latent site the guide covers, in model order.
+    :param frames: every vectorized plate of the model by name, as first seen.
+    """
+
+    data_plates: dict[str, DataPlate]
+    sites: dict[str, LatentSite]
+    frames: dict[str, CondIndepStackFrame]
+
+    @property
+    def local_sites(self) -> tuple[str, ...]:
+        return tuple(name for name, site in self.sites.items() if site.is_local)
+
+    @property
+    def global_sites(self) -> tuple[str, ...]:
+        return tuple(name for name, site in self.sites.items() if not site.is_local)
+
+
+def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Names each argument of a model call, as ``inspect.signature`` binds it.
+
+    An ``nn.Module`` model is bound through its ``forward``. Extra positional
+    arguments are named ``"<name>[i]"``, extra keyword arguments by their key.
+
+    Usage::
+
+        bind_arguments(model, (x,), {"y": y})   # {"x": x, "y": y}
+    """
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        signature = inspect.signature(target)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        named = {f"args[{i}]": value for i, value in enumerate(args)}
+        named.update(kwargs)
+        return named
+    bound.apply_defaults()
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            named.update({f"{name}[{i}]": item for i, item in enumerate(value)})
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
+
+
+@dataclass(frozen=True)
+class ArgumentLocation:
+    """Where a named argument sits in a call ``model(*args, **kwargs)``.
+
+    :param name: the argument's name (as :func:`bind_arguments` gives it).
+    :param position: its index in ``args``, or ``None`` if keyword-only.
+    :param keyword: its key in ``kwargs``, or ``None`` if positional-only.
+    :param default: its default value, or :attr:`inspect.Parameter.empty`.
+    """
+
+    name: str
+    position: int | None
+    keyword: str | None
+    default: Any = inspect.Parameter.empty
+
+    def fetch(self, args: tuple, kwargs: dict) -> Any:
+        """The argument's value in this call."""
+        if self.keyword is not None and self.keyword in kwargs:
+            return kwargs[self.keyword]
+        if self.position is not None and self.position < len(args):
+            return args[self.position]
+        if self.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"This call does not pass the model argument '{self.name}', which feeds "
+                "an encoder. Pass it, or choose other inputs with amortize_on=."
+            )
+        return self.default
+
+
+def locate_argument(model: Callable, name: str) -> ArgumentLocation:
+    """The :class:`ArgumentLocation` of an argument named by :func:`bind_arguments`."""
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    for index, parameter in enumerate(parameters):
+        kind = parameter.kind
+        if kind is inspect.Parameter.VAR_POSITIONAL and name.startswith(parameter.name + "["):
+            return ArgumentLocation(name, index + int(name[len(parameter.name) + 1 : -1]), None)
+        if parameter.name != name or kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        positional = kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        keyword = kind is not inspect.Parameter.POSITIONAL_ONLY
+        return ArgumentLocation(
+            name, index if positional else None, name if keyword else None, parameter.default
+        )
+    if not parameters and name.startswith("args["):
+        return ArgumentLocation(name, int(name[5:-1]), None)
+    return ArgumentLocation(name, None, name)
+
+
+def _is_enumerated(site: dict) -> bool:
+    return site["infer"].get("enumerate") in ("parallel", "sequential")
+
+
+def _init_fn(init_loc_fn: Callable) -> Callable:
+    """``init_loc_fn`` for continuous sites; a prior draw for discrete ones."""
+
+    def init(site: dict) -> torch.Tensor:
+        if _is_enumerated(site) or site["fn"].support.is_discrete:
+            return site["fn"].sample().detach()
+        return init_loc_fn(site)
+
+    return init
+
+
+def trace_prototype(
+    model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict
+) -> tuple[poutine.Trace, frozenset[str]]:
+    """Runs the model once with latent values from ``init_loc_fn``.
+
+    :returns: the trace and the names of the plates that enclosed the call
+        (for example vectorized ELBO particles), which are not the model's.
+    """
+    outer = frozenset(frame.name for frame in pyro.poutine.runtime.get_plates())
+    model = InitMessenger(_init_fn(init_loc_fn))(model)
+    trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    return trace, outer
+
+
+def model_value(site: dict, outer: frozenset[str]) -> torch.Tensor:
+    """A site's value without the dimensions of plates enclosing the model call."""
+    value = site["value"]
+    for frame in site["cond_indep_stack"]:
+        position = value.dim() - site["fn"].event_dim + frame.dim if frame.vectorized else -1
+        if frame.name in outer and position >= 0:
+            value = value.select(position, 0)
+    return value
+
+
+def read_model(
+    trace: poutine.Trace, outer: frozenset[str], arguments: dict[str, Any], amortize_on: AmortizeOn
+) -> ModelStructure:
+    """Builds the :class:`ModelStructure` from a prototype trace.
+
+    :param trace: the prototype trace from :func:`trace_prototype`.
+    :param outer: plates that enclosed the call, to be ignored.
+    :param arguments: the model's arguments by name (:func:`bind_arguments`).
+    :param amortize_on: the user's override of the encoder inputs.
+    :raises ValueError: with the fix, for closure data, unknown names, sequential
+        plates around local latents, non-enumerated discrete latents.
+    """
+    latent, observed, frames = _collect_sites(trace, outer)
+    candidates = _data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)
+    sites: dict[str, LatentSite] = {}
+    members: dict[str, list[str]] = {}
+    for name, site in latent.items():
+        plate = next((f.name for f in _model_frames(site, outer) if f.name in candidates), None)
+        _check_guidable(name, site, plate, observed)
+        sites[name] = _latent_site(name, site, plate, frames, outer)
+        if plate is not None:
+            members.setdefault(plate, []).append(name)
+    data_plates = {
+        plate: _data_plate(frames[plate], candidates[plate], arguments, tuple(names))
+        for plate, names in members.items()
+    }
+    return ModelStructure(data_plates=data_plates, sites=sites, frames=frames)
+
+
+def _model_frames(site: dict, outer: frozenset[str]) -> tuple[CondIndepStackFrame, ...]:
+    return tuple(
+        frame
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.name not in outer
+    )
+
+
+def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, dict, dict]:
+    latent, observed, frames = {}, {}, {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        for frame in _model_frames(site, outer):
+            frames.setdefault(frame.name, frame)
+        if site["is_observed"]:
+            observed[name] = site
+        elif not _is_enumerated(site):
+            latent[name] = site
+    return latent, observed, frames
+
+
+def _rows(value: Any) -> int | None:
+    if isinstance(value, torch.Tensor) and value.dim() >= 1:
+        return value.shape[0]
+    return None
+
+
+def _feeds(frame: CondIndepStackFrame, value: Any) -> bool:
+    """Whether an argument's rows match the plate (full data or the minibatch)."""
+    return _rows(value) in (frame.full_size or frame.size, frame.size)
+
+
+def _leads_observation(frame: CondIndepStackFrame, observed: dict, outer: frozenset[str]) -> bool:
+    """Whether the plate is the leading dimension of an observed site in it."""
+    for site in observed.values():
+        if frame in _model_frames(site, outer):
+            value = model_value(site, outer)
+            position = value.dim() - site["fn"].event_dim + frame.dim
+            if position == 0 and value.shape[0] == frame.size:
+                return True
+    return False
+
+
+def _holds_latents(frame: CondIndepStackFrame, latent: dict, outer: frozenset[str]) -> bool:
+    return any(frame in _model_frames(site, outer) for site in latent.values())
+
+
+def _data_plate_candidates(
+    latent: dict,
+    observed: dict,
+    frames: dict,
+    arguments: dict[str, Any],
+    amortize_on: AmortizeOn,
+    outer: frozenset[str],
+) -> dict[str, tuple[str, ...]]:
+    """Plates that could be data plates, with the arguments that would feed them."""
+    if isinstance(amortize_on, Mapping):
+        return _explicit_candidates(frames, arguments, amortize_on)
+    if amortize_on is not None:
+        names = (amortize_on,) if isinstance(amortize_on, str) else tuple(amortize_on)
+        _check_argument_names(names, arguments)
+        return {
+            name: names
+            for name, frame in frames.items()
+            if _holds_latents(frame, latent, outer)
+            and all(_feeds(frame, arguments[arg]) for arg in names)
+        }
+    candidates = {}
+    for name, frame in frames.items():
+        if not _leads_observation(frame, observed, outer):
+            continue
+        inputs = tuple(arg for arg, value in arguments.items() if _feeds(frame, value))
+        if inputs:
+            candidates[name] = inputs
+        elif _holds_latents(frame, latent, outer):
+            raise ValueError(
+                f"Latent sites sit in plate '{name}' (size {frame.full_size or frame.size}), "
+                "but no model argument holds its rows: the observed data seems to come "
+                "from outside the model's arguments (a closure or global variable). "
+                "Pass the data as an argument of the model, with one row per data point "
+                "along its first dimension, or name the inputs with amortize_on=."
+            )
+    return candidates
+
+
+def _check_argument_names(names: Sequence[str], arguments: dict[str, Any]) -> None:
+    for name in names:
+        if name not in arguments:
+            raise ValueError(
+                f"amortize_on names '{name}', which is not an argument of the model. "
+                f"The model's arguments in this call are: {', '.join(arguments) or 'none'}."
+            )
+        if _rows(arguments[name]) is None:
+            raise ValueError(
+                f"amortize_on names '{name}', but that argument is "
+                f"{type(arguments[name]).__name__}, not a tensor with one row per data "
+                "point. Pass a tensor whose first dimension indexes the data points."
+            )
+
+
+def _explicit_candidates(
+    frames: dict, arguments: dict[str, Any], amortize_on: Mapping
+) -> dict[str, tuple[str, ...]]:
+    candidates = {}
+    for plate, names in amortize_on.items():
+        if plate not in frames:
+            raise ValueError(
+                f"amortize_on names plate '{plate}', which is not a vectorized plate of "
+                f"the model. Its plates are: {', '.join(frames) or 'none'}."
+            )
+        names = (names,) if isinstance(names, str) else tuple(names)
+        _check_argument_names(names, arguments)
+        frame = frames[plate]
+        for name in names:
+            if not _feeds(frame, arguments[name]):
+                raise ValueError(
+                    f"amortize_on feeds plate '{plate}' (size {frame.full_size or frame.size}"
+                    f", subsample size {frame.size}) with argument '{name}', whose first "
+                    f"dimension has size {arguments[name].shape[0]}. Its rows must be the "
+                    "plate's data points."
+                )
+        candidates[plate] = names
+    return candidates
+
+
+def _check_guidable(name: str, site: dict, plate: str | None, observed: dict) -> None:
+    if site["fn"].support.is_discrete:
+        raise ValueError(
+            f"Latent site '{name}' has discrete support and the model does not enumerate "
+            "it. Mark it with infer={'enumerate': 'parallel'} (or decorate the model "
+            "with pyro.infer.config_enumerate) and train with TraceEnum_ELBO."
+        )
+    sequential = [f for f in site["cond_indep_stack"] if not f.vectorized]
+    for frame in sequential:
+        holds_data = any(frame in s["cond_indep_stack"] for s in observed.values())
+        if plate is not None or holds_data:
+            raise ValueError(
+                f"Latent site '{name}' sits in the sequential plate '{frame.name}' "
+                "(a Python loop over pyro.plate), which an amortized guide cannot "
+                "encode. Use a vectorized plate: `with pyro.plate(...):`."
+            )
+
+
+def _latent_site(
+    name: str, site: dict, plate: str | None, frames: dict, outer: frozenset[str]
+) -> LatentSite:
+    fn = site["fn"]
+    support = fn.support
+    try:
+        transform = bijection_to(support)
+    except NotImplementedError as error:
+        raise ValueError(
+            f"Latent site '{name}' has support {support}, which has no bijection from "
+            "unconstrained space. Reparametrize the model (for example LKJCholesky "
+            "instead of LKJ) or block this site from the guide."
+        ) from error
+    event_shape = fn.event_shape
+    site_frames = _model_frames(site, outer)
+    unconstrained_event_shape = transform.inverse_shape(event_shape)
+    if plate is None:
+        return LatentSite(name, support, event_shape, unconstrained_event_shape, site_frames)
+    batch_shape = model_value(site, outer).shape[: -len(event_shape) or None]
+    position = len(batch_shape) + frames[plate].dim
+    leading = batch_shape[:position]
+    if any(size != 1 for size in leading):
+        raise ValueError(
+            f"Local site '{name}' has batch dimensions {tuple(leading)} to the left of "
+            f"its data plate '{plate}'. Make the data plate the outermost plate of its "
+            "local sites (the data points must index their leading dimension)."
+        )
+    for frame in site_frames:
+        if frame.name != plate and (frame.full_size or frame.size) != frame.size:
+            raise ValueError(
+                f"Local site '{name}' sits in plate '{frame.name}', which subsamples. "
+                f"Only its data plate '{plate}' may subsample; use a fixed-size plate."
+            )
+    return LatentSite(
+        name,
+        support,
+        event_shape,
+        unconstrained_event_shape,
+        site_frames,
+        data_plate=plate,
+        point_batch_shape=batch_shape[position + 1 :],
+    )
+
+
+def _data_plate(
+    frame: CondIndepStackFrame, inputs: tuple[str, ...], arguments: dict, sites: tuple[str, ...]
+) -> DataPlate:
+    full_size = frame.full_size or frame.size
+    rows = {arguments[name].shape[0] for name in inputs}
+    presubsampled = full_size != frame.size and rows == {frame.size}
+    return DataPlate(
+        name=frame.name,
+        dim=frame.dim,
+        full_size=full_size,
+        subsample_size=frame.size if full_size != frame.size else None,
+        inputs=inputs,
+        point_shapes=tuple(arguments[name].shape[1:] for name in inputs),
+        presubsampled=presubsampled,
+        sites=sites,
+    )
+
+
+def warn_if_nothing_to_amortize(structure: ModelStructure) -> None:
+    """Warns once when the model has no data plate holding latent sites."""
+    if not structure.data_plates:
+        warnings.warn(
+            "The model has no data plate with local latent sites, so there is nothing to "
+            "amortize: every latent site gets per-site parameters, as with AutoNormal. "
+            "A data plate is a vectorized plate over an observed site whose rows come "
+            "from a model argument (see amortize_on=).",
+            UserWarning,
+            stacklevel=3,
+        )
