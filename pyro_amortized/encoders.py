@@ -43,9 +43,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         hidden_dims = tuple(hidden_dims)
         if not all(isinstance(width, int) and width > 0 for width in hidden_dims):
-            raise ValueError(
-                f"hidden_dims must be positive integers, but got {hidden_dims}."
-            )
+            raise ValueError(f"hidden_dims must be positive integers, but got {hidden_dims}.")
         if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
             raise ValueError(
                 f"activation must be an nn.Module class such as torch.nn.ReLU, "
@@ -53,7 +51,9 @@ class MLPEncoder(nn.Module):
             )
         layers: list[nn.Module] = []
         for index, width in enumerate(hidden_dims):
-            layers.append(nn.LazyLinear(width) if index == 0 else nn.Linear(hidden_dims[index - 1], width))
+            layers.append(
+                nn.LazyLinear(width) if index == 0 else nn.Linear(hidden_dims[index - 1], width)
+            )
             layers.append(activation())
         self.hidden_dims = hidden_dims
         self.layers = nn.Sequential(*layers)
@@ -76,7 +76,7 @@ def plate_inputs(
         per-data-point shape differs from the one the encoder was built for.
     """
     inputs = []
-    for name, point_shape, value in zip(plate.inputs, plate.point_shapes, values):
+    for name, point_shape, value in zip(plate.inputs, plate.point_shapes, values, strict=True):
         if not isinstance(value, torch.Tensor):
             raise ValueError(
                 f"The encoder of plate '{plate.name}' reads argument '{name}', which is "

@@ -20,13 +20,19 @@ from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_feasible
-from pyro.ops.tensor_utils import periodic_repeat
 from pyro.nn import PyroModule
+from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
-from torch.distributions import TransformedDistribution
+from torch.distributions import ComposeTransform, TransformedDistribution
 
 from .encoders import MLPEncoder, encode_features, plate_inputs
-from .heads import DeltaHead, GlobalDelta, GlobalNormal, NormalHead, unconstrained_quantiles
+from .heads import (
+    DeltaHead,
+    GlobalDelta,
+    GlobalNormal,
+    NormalHead,
+    unconstrained_quantiles,
+)
 from .structure import (
     AmortizeOn,
     ArgumentLocation,
@@ -183,9 +189,13 @@ class AutoAmortizedGuide(AutoGuide):
         structure = read_model(trace, outer, arguments, self.amortize_on)
         warn_if_nothing_to_amortize(structure)
         self._check_encoder_plates(structure)
-        self._transforms = {name: bijection_to(site.support) for name, site in structure.sites.items()}
+        self._transforms = {
+            name: bijection_to(site.support) for name, site in structure.sites.items()
+        }
         for plate in structure.data_plates.values():
-            self._locations.update({name: locate_argument(self.model, name) for name in plate.inputs})
+            self._locations.update(
+                {name: locate_argument(self.model, name) for name in plate.inputs}
+            )
             self._build_plate(plate, structure, trace, outer, arguments)
         for name in structure.global_sites:
             site = structure.sites[name]
@@ -248,7 +258,10 @@ class AutoAmortizedGuide(AutoGuide):
         )
 
     def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
-        return TransformedDistribution(unconstrained, [self._transforms[site.name]])
+        transform = self._transforms[site.name]
+        if isinstance(transform, ComposeTransform) and not transform.parts:
+            return unconstrained  # real support: the head's distribution as it is
+        return TransformedDistribution(unconstrained, [transform])
 
     @staticmethod
     def _full_size_init(init_loc: torch.Tensor, site: LatentSite) -> torch.Tensor:
@@ -277,7 +290,6 @@ class AutoAmortizedGuide(AutoGuide):
             else:
                 full_size = frame.full_size or frame.size
                 plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=frame.size)
-        self.plates = plates
         return plates
 
     def _input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
@@ -290,11 +302,19 @@ class AutoAmortizedGuide(AutoGuide):
         rows = first.shape[0]
         if plate.presubsampled:
             return pyro.plate(
-                plate.name, plate.full_size, subsample_size=rows, dim=plate.dim, device=first.device
+                plate.name,
+                plate.full_size,
+                subsample_size=rows,
+                dim=plate.dim,
+                device=first.device,
             )
         subsample_size = None if plate.subsample_size is None else min(plate.subsample_size, rows)
         return pyro.plate(
-            plate.name, rows, subsample_size=subsample_size, dim=plate.dim, device=first.device
+            plate.name,
+            rows,
+            subsample_size=subsample_size,
+            dim=plate.dim,
+            device=first.device,
         )
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -374,8 +394,10 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _global_unconstrained(self) -> dict[str, dist.Distribution]:
         structure = self._require_structure()
+        # forward() rather than __call__: outside a Pyro context, so the param
+        # store is neither read nor written.
         return {
-            name: getattr(self.global_params, _module_key(name))()
+            name: getattr(self.global_params, _module_key(name)).forward()
             for name in structure.global_sites
         }
 
@@ -416,7 +438,9 @@ class AutoAmortizedGuide(AutoGuide):
         result = {}
         for name, unconstrained in self._all_unconstrained(*args, **kwargs).items():
             levels = torch.as_tensor(
-                quantiles, dtype=unconstrained.mean.dtype, device=unconstrained.mean.device
+                quantiles,
+                dtype=unconstrained.mean.dtype,
+                device=unconstrained.mean.device,
             )
             result[name] = self._transforms[name](unconstrained_quantiles(unconstrained, levels))
         return result
@@ -424,12 +448,11 @@ class AutoAmortizedGuide(AutoGuide):
     # --------------------------------------------------------------- persistence
 
     def __getstate__(self) -> dict[str, Any]:
-        # Like AutoGuide, drop the model (often a local function), without
-        # mutating the live guide.
-        state = self.__dict__.copy()
-        state["_model"] = None
-        state["master"] = None
-        return state
+        # PyroModule drops the param store's weakrefs from the parameters; like
+        # AutoGuide, the model (often a local function) is not pickled, but
+        # the live guide keeps it.
+        state = PyroModule.__getstate__(self)
+        return {**state, "_model": None, "master": None}
 
 
 class AutoAmortizedDelta(AutoAmortizedGuide):
@@ -474,7 +497,10 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
 
     def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
         return DeltaHead(
-            num_features, init_loc.shape, len(site.unconstrained_event_shape), init_loc=init_loc
+            num_features,
+            init_loc.shape,
+            len(site.unconstrained_event_shape),
+            init_loc=init_loc,
         )
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:

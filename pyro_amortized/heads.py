@@ -98,7 +98,12 @@ class DeltaHead(_LinearHead):
     """
 
     def __init__(
-        self, num_features: int, shape: torch.Size, event_dim: int, *, init_loc: torch.Tensor
+        self,
+        num_features: int,
+        shape: torch.Size,
+        event_dim: int,
+        *,
+        init_loc: torch.Tensor,
     ) -> None:
         super().__init__(num_features, shape, event_dim)
         self.loc = self._linear(init_loc)
@@ -121,7 +126,9 @@ class GlobalNormal(PyroModule):
         self.event_dim = event_dim
         self.loc = PyroParam(init_loc, constraints.real, event_dim)
         self.scale = PyroParam(
-            torch.full_like(init_loc, init_scale), constraints.softplus_positive, event_dim
+            torch.full_like(init_loc, init_scale),
+            constraints.softplus_positive,
+            event_dim,
         )
 
     def forward(self) -> dist.Distribution:

@@ -25,7 +25,7 @@ import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import pyro
 import torch
@@ -37,7 +37,7 @@ from torch.distributions import constraints
 
 from .transforms import bijection_to
 
-AmortizeOn = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
+AmortizeOn = None | str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -192,10 +192,16 @@ def locate_argument(model: Callable, name: str) -> ArgumentLocation:
             return ArgumentLocation(name, index + int(name[len(parameter.name) + 1 : -1]), None)
         if parameter.name != name or kind is inspect.Parameter.VAR_KEYWORD:
             continue
-        positional = kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        positional = kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
         keyword = kind is not inspect.Parameter.POSITIONAL_ONLY
         return ArgumentLocation(
-            name, index if positional else None, name if keyword else None, parameter.default
+            name,
+            index if positional else None,
+            name if keyword else None,
+            parameter.default,
         )
     if not parameters and name.startswith("args["):
         return ArgumentLocation(name, int(name[5:-1]), None)
@@ -242,7 +248,10 @@ def model_value(site: dict, outer: frozenset[str]) -> torch.Tensor:
 
 
 def read_model(
-    trace: poutine.Trace, outer: frozenset[str], arguments: dict[str, Any], amortize_on: AmortizeOn
+    trace: poutine.Trace,
+    outer: frozenset[str],
+    arguments: dict[str, Any],
+    amortize_on: AmortizeOn,
 ) -> ModelStructure:
     """Builds the :class:`ModelStructure` from a prototype trace.
 
@@ -272,9 +281,7 @@ def read_model(
 
 def _model_frames(site: dict, outer: frozenset[str]) -> tuple[CondIndepStackFrame, ...]:
     return tuple(
-        frame
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.name not in outer
+        frame for frame in site["cond_indep_stack"] if frame.vectorized and frame.name not in outer
     )
 
 
@@ -459,7 +466,10 @@ def _latent_site(
 
 
 def _data_plate(
-    frame: CondIndepStackFrame, inputs: tuple[str, ...], arguments: dict, sites: tuple[str, ...]
+    frame: CondIndepStackFrame,
+    inputs: tuple[str, ...],
+    arguments: dict,
+    sites: tuple[str, ...],
 ) -> DataPlate:
     full_size = frame.full_size or frame.size
     rows = {arguments[name].shape[0] for name in inputs}

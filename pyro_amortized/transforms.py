@@ -16,7 +16,11 @@ import math
 import torch
 from pyro.distributions import constraints
 from torch.distributions import biject_to
-from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
+from torch.distributions.transforms import (
+    ComposeTransform,
+    IndependentTransform,
+    Transform,
+)
 
 
 def _tril_size(num_entries: int, diagonal: bool) -> int:
@@ -52,8 +56,7 @@ class VectorToLowerCholesky(Transform):
 
     def __eq__(self, other: object) -> bool:
         return (
-            isinstance(other, VectorToLowerCholesky)
-            and other.unit_diagonal == self.unit_diagonal
+            isinstance(other, VectorToLowerCholesky) and other.unit_diagonal == self.unit_diagonal
         )
 
     def _offset(self) -> int:

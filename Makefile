@@ -1,0 +1,64 @@
+.PHONY: all help install lint format unit docs test demo bench clean distclean
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Lint only the paths that exist.
+LINT_PATHS := $(wildcard pyro_amortized tests benchmarks examples docs/conf.py)
+
+all: test
+
+help:
+	@echo "make install   create $(VENV) and install the package with test, docs and demo extras"
+	@echo "make lint      ruff check and ruff format --check"
+	@echo "make format    ruff format and ruff check --fix"
+	@echo "make unit      run the unit tests"
+	@echo "make docs      build the HTML docs (warnings are errors)"
+	@echo "make test      install, lint, unit, docs"
+	@echo "make demo      train an amortized VAE on the 8x8 digits"
+	@echo "make bench     time SVI steps against a hand-written guide"
+	@echo "make clean     remove build and cache files (distclean also removes $(VENV))"
+
+install: $(STAMP)
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# Re-installs only when the package metadata or the pins change.
+$(STAMP): setup.cfg pyproject.toml constraints.txt | $(PYTHON)
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install -c constraints.txt -e '.[test,docs,demo]'
+	$(PYTHON) -I -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('pyro_amortized') is None)"
+	touch $@
+
+lint: install
+	$(PYTHON) -m ruff check $(LINT_PATHS)
+	$(PYTHON) -m ruff format --check $(LINT_PATHS)
+
+format: install
+	$(PYTHON) -m ruff format $(LINT_PATHS)
+	$(PYTHON) -m ruff check --fix $(LINT_PATHS)
+
+unit: install
+	$(PYTHON) -m pytest -q tests
+
+docs: install
+	$(PYTHON) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+test: install lint unit docs
+	@echo PASS
+
+demo: install
+	$(PYTHON) examples/vae_digits.py
+
+bench: install
+	$(PYTHON) benchmarks/bench_step_time.py
+
+clean:
+	rm -rf docs/_build build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -f vae_digits.png
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,25 @@
+"""Shared helpers for the tests: training loops and closed-form divergences."""
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+
+def train(model, guide, *args, steps=1000, lr=0.01, lrd=1.0, elbo=None, **kwargs):
+    """Runs SVI with ClippedAdam and returns the list of losses."""
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd})
+    svi = SVI(model, guide, optim, elbo or Trace_ELBO())
+    return [svi.step(*args, **kwargs) for _ in range(steps)]
+
+
+def kl_diag_normal(loc_q, scale_q, loc_p, scale_p):
+    """KL(q || p) between diagonal Normals, summed over the last dimension."""
+    var_ratio = (scale_q / scale_p) ** 2
+    mahalanobis = ((loc_q - loc_p) / scale_p) ** 2
+    return 0.5 * (var_ratio + mahalanobis - 1 - var_ratio.log()).sum(-1)
+
+
+def decrease(losses, window=100):
+    """Mean loss of the last window minus mean loss of the first window."""
+    losses = torch.tensor(losses)
+    return (losses[-window:].mean() - losses[:window].mean()).item()
