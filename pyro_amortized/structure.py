@@ -431,8 +431,8 @@ def _latent_site(
     except NotImplementedError as error:
         raise ValueError(
             f"Latent site '{name}' has support {support}, which has no bijection from "
-            "unconstrained space. Reparametrize the model (for example LKJCholesky "
-            "instead of LKJ) or block this site from the guide."
+            "unconstrained space. Reparametrize the site (see pyro.infer.reparam, or "
+            "LKJCholesky instead of LKJ) or hide it from the guide with poutine.block."
         ) from error
     event_shape = fn.event_shape
     site_frames = _model_frames(site, outer)

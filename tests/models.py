@@ -14,7 +14,9 @@ def factor_model(x):
     with pyro.plate("data", x.shape[0], subsample_size=min(32, x.shape[0])):
         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
         mean = (z.unsqueeze(-2) @ w).squeeze(-2)
-        pyro.sample("x", dist.Normal(mean, noise[..., None]).to_event(1), obs=pyro.subsample(x, event_dim=1))
+        pyro.sample(
+            "x", dist.Normal(mean, noise[..., None]).to_event(1), obs=pyro.subsample(x, event_dim=1)
+        )
 
 
 def minibatch_model(x):

@@ -1,0 +1,239 @@
+"""Reading the model: arguments, data plates, local and global sites, and the
+clear error each bad input gets."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from models import factor_data, factor_model, regression_data, regression_model
+from pyro import poutine
+
+from pyro_amortized import AutoAmortizedGuide, MLPEncoder
+from pyro_amortized.structure import bind_arguments, locate_argument, read_model, trace_prototype
+
+
+def _structure(model, *args, amortize_on=None):
+    trace, outer = trace_prototype(model, lambda site: site["fn"].sample(), args, {})
+    return read_model(trace, outer, bind_arguments(model, args, {}), amortize_on)
+
+
+def test_bind_and_locate_arguments():
+    def model(x, y=None, *extra, scale=1.0, **options):
+        pass
+
+    x, y = torch.zeros(3), torch.ones(3)
+    named = bind_arguments(model, (x, y, "a"), {"scale": 2.0, "flag": True})
+    assert list(named) == ["x", "y", "extra[0]", "scale", "flag"]
+    assert locate_argument(model, "y").fetch((x,), {"y": y}) is y
+    assert locate_argument(model, "y").fetch((x, y), {}) is y
+    assert locate_argument(model, "y").fetch((x,), {}) is None  # default
+    assert locate_argument(model, "extra[0]").fetch((x, y, "a"), {}) == "a"
+    assert locate_argument(model, "flag").fetch((x,), {"flag": True}) is True
+
+
+def test_data_plate_rows_and_nested_plates():
+    def model(counts):
+        with pyro.plate("docs", counts.shape[0], dim=-2):
+            theta = pyro.sample("theta", dist.Dirichlet(torch.ones(3)))
+            with pyro.plate("words", counts.shape[1], dim=-1):
+                rate = pyro.sample("rate", dist.Gamma(1.0, 1.0))
+                pyro.sample("counts", dist.Poisson(rate * theta[..., :1]), obs=counts)
+
+    structure = _structure(model, torch.ones(6, 4))
+    assert list(structure.data_plates) == ["docs"]  # "words" is not the rows' dimension
+    assert structure.data_plates["docs"].sites == ("theta", "rate")
+    assert structure.sites["rate"].point_batch_shape == (4,)
+    assert structure.sites["theta"].point_batch_shape == (1,)
+    assert structure.sites["theta"].unconstrained_event_shape == (2,)
+
+
+def test_feature_plates_hold_global_sites():
+    def ppca(x):
+        with pyro.plate("features", x.shape[1], dim=-1):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            with pyro.plate("data", x.shape[0], dim=-2):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z * w, 1.0), obs=x)
+
+    structure = _structure(ppca, torch.randn(10, 3))
+    assert structure.global_sites == ("w",)
+    assert structure.local_sites == ("z",)
+
+
+def test_guide_does_not_freeze_the_first_call_sizes():
+    guide = AutoAmortizedGuide(regression_model)
+    guide(*regression_data(10))
+    trace = poutine.trace(guide).get_trace(*regression_data(23))
+    assert trace.nodes["effect"]["value"].shape == (23,)
+
+
+# -------------------------------------------------------------------- errors
+
+
+def test_structure_before_the_first_call():
+    with pytest.raises(RuntimeError, match="has not read its model yet"):
+        _ = AutoAmortizedGuide(factor_model).local_sites
+
+
+CLOSURE_DATA = torch.randn(20, 5)
+
+
+def closure_model():
+    with pyro.plate("data", 20):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z[:, None], 1.0).to_event(1), obs=CLOSURE_DATA)
+
+
+def closure_model_with_an_unrelated_argument(num_steps):
+    closure_model()
+
+
+@pytest.mark.parametrize(
+    "model, args",
+    [(closure_model, ()), (closure_model_with_an_unrelated_argument, (3,))],
+)
+def test_closure_data_is_an_error(model, args):
+    with pytest.raises(ValueError, match="no model argument holds its rows"):
+        AutoAmortizedGuide(model)(*args)
+
+
+def test_unknown_amortize_on_argument():
+    guide = AutoAmortizedGuide(regression_model, amortize_on="covariate")
+    with pytest.raises(ValueError, match="'covariate', which is not an argument.*covariates, y"):
+        guide(*regression_data(5))
+
+
+def test_amortize_on_a_non_tensor_argument():
+    def model(x, scale):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, 1.0)), scale), obs=x)
+
+    with pytest.raises(ValueError, match="'scale', but that argument is float"):
+        AutoAmortizedGuide(model, amortize_on="scale")(torch.zeros(4), 1.0)
+
+
+def test_unknown_amortize_on_plate():
+    guide = AutoAmortizedGuide(regression_model, amortize_on={"rows": ["y"]})
+    with pytest.raises(ValueError, match="plate 'rows', which is not a vectorized plate.*units"):
+        guide(*regression_data(5))
+
+
+def test_amortize_on_argument_with_the_wrong_rows():
+    def model(x, y):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(pyro.sample("z", dist.Normal(0.0, 1.0)), 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model, amortize_on={"data": "y"})
+    with pytest.raises(ValueError, match="argument 'y', whose first dimension has size 3"):
+        guide(torch.zeros(5), torch.zeros(3))
+
+
+def test_sequential_plate_around_local_latents():
+    def model(x):
+        for i in pyro.plate("data", x.shape[0]):
+            z = pyro.sample(f"z_{i}", dist.Normal(0.0, 1.0))
+            pyro.sample(f"x_{i}", dist.Normal(z, 1.0), obs=x[i])
+
+    with pytest.raises(ValueError, match="sequential plate 'data'.*Use a vectorized plate"):
+        AutoAmortizedGuide(model)(torch.zeros(3))
+
+
+def test_sequential_plate_of_globals_is_fine():
+    def model(x):
+        scales = [pyro.sample(f"s_{i}", dist.LogNormal(0.0, 1.0)) for i in pyro.plate("g", 2)]
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, scales[0]))
+            pyro.sample("x", dist.Normal(z, scales[1]), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.zeros(4))
+    assert guide.global_sites == ("s_0", "s_1") and guide.local_sites == ("z",)
+
+
+def test_per_point_shape_changed_since_the_encoder_was_built():
+    guide = AutoAmortizedGuide(factor_model)
+    guide(factor_data(10))
+    with pytest.raises(ValueError, match=r"per-data-point shape \(4,\).*built for \(5,\)"):
+        guide.encode(torch.zeros(10, 4))
+
+
+def test_missing_encoder_input():
+    def model(x, y=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(z + x, 1.0), obs=y)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.zeros(5), torch.zeros(5))
+    with pytest.raises(ValueError, match="reads argument 'y', which is NoneType"):
+        guide.encode(torch.zeros(5))
+
+
+def test_discrete_latent_the_model_does_not_enumerate():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="discrete support.*infer=\\{'enumerate': 'parallel'\\}"):
+        AutoAmortizedGuide(model)(torch.zeros(3))
+
+
+def test_support_without_a_bijection():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            direction = pyro.sample("direction", dist.ProjectedNormal(torch.ones(2)))
+            pyro.sample("x", dist.Normal(direction[..., 0], 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="support Sphere, which has no bijection.*reparam"):
+        AutoAmortizedGuide(model)(torch.zeros(3))
+
+
+def test_batch_dimensions_left_of_the_data_plate():
+    def model(x):
+        with pyro.plate("groups", 3, dim=-2):
+            with pyro.plate("data", x.shape[0], dim=-1):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="to the left of its data plate 'data'"):
+        AutoAmortizedGuide(model, amortize_on={"data": "x"})(torch.zeros(4))
+
+
+def test_subsampled_inner_plate_of_local_sites():
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            with pyro.plate("cols", x.shape[1], subsample_size=2, dim=-1) as cols:
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, cols])
+
+    with pytest.raises(ValueError, match="plate 'cols', which subsamples"):
+        AutoAmortizedGuide(model)(torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"init_scale": 0.0}, "init_scale must be a positive number"),
+        ({"init_scale": "big"}, "init_scale must be a positive number"),
+        ({"encoder": "mlp"}, "encoder must be an nn.Module or a mapping"),
+        ({"encoder": {"data": "mlp"}}, "Every value of the encoder mapping"),
+        ({"amortize_on": 3}, "amortize_on must be an argument name"),
+        ({"hidden_dims": (-1,)}, "hidden_dims must be positive integers"),
+        ({"init_loc_fn": "median"}, "init_loc_fn must be callable"),
+    ],
+)
+def test_options_are_validated_up_front(options, message):
+    with pytest.raises(ValueError, match=message):
+        AutoAmortizedGuide(factor_model, **options)
+
+
+def test_encoder_for_an_unknown_plate():
+    guide = AutoAmortizedGuide(factor_model, encoder={"rows": MLPEncoder()})
+    with pytest.raises(ValueError, match=r"encoder names plates \['rows'\].*\['data'\]"):
+        guide(factor_data(5))
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        AutoAmortizedGuide(factor_model, "x")
