@@ -23,7 +23,7 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
-from torch.distributions import ComposeTransform, TransformedDistribution
+from torch.distributions import ComposeTransform, Transform, TransformedDistribution
 
 from .encoders import MLPEncoder, encode_features, plate_inputs
 from .heads import (
@@ -52,6 +52,10 @@ from .transforms import bijection_to
 def _module_key(name: str) -> str:
     """An ``nn.Module`` attribute name for a site or plate name (injective)."""
     return name.replace("%", "%25").replace(".", "%2E") or "%00"
+
+
+def _is_identity(transform: Transform) -> bool:
+    return isinstance(transform, ComposeTransform) and not transform.parts
 
 
 class AutoAmortizedGuide(AutoGuide):
@@ -133,7 +137,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._user_encoder = encoder
         self._structure: ModelStructure | None = None
         self._locations: dict[str, ArgumentLocation] = {}
-        self._transforms: dict[str, Any] = {}
+        self._transforms: dict[str, Transform] = {}
 
     @staticmethod
     def _check_options(
@@ -259,7 +263,7 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
         transform = self._transforms[site.name]
-        if isinstance(transform, ComposeTransform) and not transform.parts:
+        if _is_identity(transform):
             return unconstrained  # real support: the head's distribution as it is
         return TransformedDistribution(unconstrained, [transform])
 
@@ -324,30 +328,39 @@ class AutoAmortizedGuide(AutoGuide):
         """
         if self._structure is None:
             self._setup_prototype(*args, **kwargs)
-        structure = self._structure
         plates = self._create_plates(*args, **kwargs)
-        result = {}
-        for name in structure.global_sites:
-            site = structure.sites[name]
-            with ExitStack() as stack:
-                for frame in site.frames:
-                    stack.enter_context(plates[frame.name])
-                unconstrained = getattr(self.global_params, _module_key(name))()
-                result[name] = self._sample(site, unconstrained)
-        for plate in structure.data_plates.values():
+        result = self._sample_globals(plates)
+        # Read each container once: a PyroModule attribute access registers the
+        # container's parameters with Pyro.
+        encoders, heads = self.encoders, self.heads
+        for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
                 rows = None if plate.presubsampled or plate.subsample_size is None else indices
                 inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), rows)
-                features = encode_features(self.encoders[_module_key(plate.name)], inputs)
+                features = encode_features(encoders[_module_key(plate.name)], inputs)
                 for name in plate.sites:
-                    site = structure.sites[name]
-                    with ExitStack() as stack:
-                        for frame in site.frames:
-                            if frame.name != plate.name:
-                                stack.enter_context(plates[frame.name])
-                        unconstrained = self.heads[_module_key(name)](features)
-                        result[name] = self._sample(site, unconstrained)
+                    site = self._structure.sites[name]
+                    with self._inner_plates(site, plates):
+                        result[name] = self._sample(site, heads[_module_key(name)](features))
         return result
+
+    def _sample_globals(self, plates: dict[str, pyro.plate]) -> dict[str, torch.Tensor]:
+        result = {}
+        global_params = self.global_params
+        for name in self._structure.global_sites:
+            site = self._structure.sites[name]
+            with self._inner_plates(site, plates):
+                result[name] = self._sample(site, getattr(global_params, _module_key(name))())
+        return result
+
+    @staticmethod
+    def _inner_plates(site: LatentSite, plates: dict[str, pyro.plate]) -> ExitStack:
+        """Enters the site's plates other than its data plate (entered by the caller)."""
+        stack = ExitStack()
+        for frame in site.frames:
+            if frame.name != site.data_plate:
+                stack.enter_context(plates[frame.name])
+        return stack
 
     def _sample(self, site: LatentSite, unconstrained: dist.Distribution) -> torch.Tensor:
         transform = self._transforms[site.name]
@@ -356,7 +369,7 @@ class AutoAmortizedGuide(AutoGuide):
         )
         value = transform(latent)
         log_density = 0.0
-        if self._jacobian and poutine.get_mask() is not False:
+        if self._jacobian and not _is_identity(transform) and poutine.get_mask() is not False:
             log_density = transform.inv.log_abs_det_jacobian(value, latent)
             log_density = sum_rightmost(
                 log_density, log_density.dim() - value.dim() + site.event_dim
