@@ -445,3 +445,12 @@ def test_to_device_and_dtype():
     x = factor_data(5).double()
     assert guide.encode(x)["z"].sample().dtype == torch.float64
     assert guide(x)["z"].dtype == torch.float64
+
+
+def test_first_call_inside_vectorized_particles():
+    guide = AutoAmortizedGuide(factor_model)
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    losses = train(factor_model, guide, factor_data(50), steps=3, elbo=elbo)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert guide.global_params.w.loc.shape == (2, 5)  # no particle dimension
+    assert guide.heads["z"].loc.bias.shape == (2,)
