@@ -1,0 +1,170 @@
+"""Time of one SVI step: AutoAmortizedGuide against a hand-written guide.
+
+Both guides run on the same model (the digits VAE of
+:mod:`pyro_amortized.models`, minibatches drawn by a subsampled data plate) and
+have the same encoder: ``Linear(64, hidden) + ReLU``, then linear heads for the
+``loc`` and the softplus ``scale`` of ``z``. The hand-written guide is
+:class:`~pyro_amortized.models.DigitsEncoderGuide`.
+
+The two are timed in one process, interleaved: after a warm-up, each repetition
+times a block of ``--steps`` steps of each guide, alternating which goes first.
+The table gives the median time per step of each and the median over
+repetitions of the ratio of the two blocks' times (ours / hand-written), for
+``Trace_ELBO`` and ``JitTrace_ELBO``.
+
+Torch runs on one thread by default (``--threads``). Time is the process's CPU
+time by default (``--clock cpu``), which other programs running on the machine
+disturb much less than wall-clock time; with one thread the two agree on an idle
+machine. ``--clock wall`` uses wall-clock time.
+
+Usage::
+
+    python benchmarks/bench_step_time.py
+    python benchmarks/bench_step_time.py --steps 50 --repeats 41 --clock wall
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+
+from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized.datasets import train_test_split_digits
+from pyro_amortized.models import Decoder, DigitsEncoderGuide, digits_vae_model
+
+LATENT_DIM = 10
+HIDDEN_DIM = 256
+BATCH_SIZE = 128
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=101, help="timed blocks per guide and ELBO")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed steps per guide first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="process CPU time (default) or wall-clock time",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def make_svi(kind: str, elbo: Callable[[], object], x: torch.Tensor) -> SVI:
+    """An SVI object for one guide, with its own decoder name in the param store."""
+    decoder = Decoder(LATENT_DIM, HIDDEN_DIM, x.shape[1])
+    model = digits_vae_model(decoder, LATENT_DIM, batch_size=BATCH_SIZE, name=f"decoder_{kind}")
+    if kind == "ours":
+        guide = AutoAmortizedGuide(model, hidden_dims=(HIDDEN_DIM,))
+    else:
+        guide = DigitsEncoderGuide(
+            x.shape[1], LATENT_DIM, HIDDEN_DIM, batch_size=BATCH_SIZE, name="hand_encoder"
+        )
+    return SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo())
+
+
+def time_block(svi: SVI, x: torch.Tensor, steps: int, clock: Callable[[], float]) -> float:
+    """Seconds per step over ``steps`` consecutive steps."""
+    start = clock()
+    for _ in range(steps):
+        svi.step(x)
+    return (clock() - start) / steps
+
+
+def bench(
+    elbo: Callable[[], object], x: torch.Tensor, args: argparse.Namespace
+) -> dict[str, float]:
+    """Median seconds per step of each guide, and the median ratio ours / hand."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    svis = {kind: make_svi(kind, elbo, x) for kind in ("ours", "hand")}
+    for svi in svis.values():
+        time_block(svi, x, args.warmup, clock)
+    times: dict[str, list[float]] = {"ours": [], "hand": []}
+    ratios = []
+    for repeat in range(args.repeats):
+        order = ("ours", "hand") if repeat % 2 == 0 else ("hand", "ours")
+        block = {kind: time_block(svis[kind], x, args.steps, clock) for kind in order}
+        for kind, seconds in block.items():
+            times[kind].append(seconds)
+        ratios.append(block["ours"] / block["hand"])
+    return {
+        "ours": statistics.median(times["ours"]),
+        "hand": statistics.median(times["hand"]),
+        "ratio": statistics.median(ratios),
+        "ratio_q1": statistics.quantiles(ratios, n=4)[0],
+        "ratio_q3": statistics.quantiles(ratios, n=4)[2],
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    x_train, _, _, _ = train_test_split_digits(seed=args.seed)
+    elbos = {
+        "Trace_ELBO": lambda: Trace_ELBO(),
+        "JitTrace_ELBO": lambda: JitTrace_ELBO(),
+    }
+    print(
+        f"digits VAE: {len(x_train)} images of {x_train.shape[1]} pixels, latent_dim "
+        f"{LATENT_DIM}, encoder hidden {HIDDEN_DIM}, batch {BATCH_SIZE}; "
+        f"{args.warmup} warm-up steps, then {args.repeats} interleaved blocks of "
+        f"{args.steps} steps per guide"
+    )
+    print(
+        f"torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"{args.threads} torch thread(s), {args.clock} clock, {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()})"
+    )
+    results = {}
+    for name, elbo in elbos.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # JIT tracer warnings
+            results[name] = bench(elbo, x_train, args)
+        result = results[name]
+        print(
+            f"  {name}: ours {1e3 * result['ours']:.2f} ms, "
+            f"hand-written {1e3 * result['hand']:.2f} ms",
+            flush=True,
+        )
+
+    header = ("ELBO", "AutoAmortizedGuide", "hand-written", "ratio", "ratio IQR")
+    rows = [
+        (
+            name,
+            f"{1e3 * result['ours']:.2f} ms",
+            f"{1e3 * result['hand']:.2f} ms",
+            f"{result['ratio']:.3f}",
+            f"{result['ratio_q1']:.3f}-{result['ratio_q3']:.3f}",
+        )
+        for name, result in results.items()
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    print()
+    print("Median time per SVI step (ratio: ours / hand-written, median over blocks)")
+    print()
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+
+
+if __name__ == "__main__":
+    main()
