@@ -60,36 +60,42 @@ class MLPEncoder(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Maps per-data-point inputs of shape ``(batch, ...)`` to ``(batch, features)``."""
-        flat = torch.cat([value.reshape(value.shape[0], -1) for value in inputs], dim=-1)
-        return self.layers(flat)
+        flat = [
+            value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
+        ]
+        return self.layers(flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1))
 
 
 def plate_inputs(
-    plate: DataPlate, values: Sequence[object], indices: torch.Tensor | None
+    plate: DataPlate,
+    values: Sequence[object],
+    indices: torch.Tensor | None,
+    plate_size: int | None,
 ) -> tuple[torch.Tensor, ...]:
     """The encoder inputs of a data plate: each argument's rows, as float tensors.
 
+    An argument with one row per minibatch index is taken as it is (the data
+    is the minibatch); one with a row per data point of the plate is indexed
+    by the minibatch.
+
     :param plate: the data plate.
     :param values: the current values of ``plate.inputs``, in order.
-    :param indices: the minibatch rows to take, or ``None`` for every row.
-    :raises ValueError: if an input is missing, is not a tensor, or its
-        per-data-point shape differs from the one the encoder was built for.
+    :param indices: the plate's minibatch indices, or ``None`` for every row.
+    :param plate_size: the plate's full size in this call (with ``indices``).
+    :raises ValueError: if an input is missing, is not a tensor, has rows that
+        match neither the plate nor its minibatch, or its per-data-point shape
+        differs from the one the encoder was built for.
     """
     inputs = []
     for name, point_shape, value in zip(plate.inputs, plate.point_shapes, values, strict=True):
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(
-                f"The encoder of plate '{plate.name}' reads argument '{name}', which is "
-                f"{type(value).__name__} in this call. Pass a tensor with one row per data "
-                "point, or choose other inputs with amortize_on=."
-            )
-        if value.shape[1:] != point_shape:
-            raise ValueError(
-                f"Argument '{name}' has per-data-point shape {tuple(value.shape[1:])}, but "
-                f"the encoder of plate '{plate.name}' was built for {tuple(point_shape)}. "
-                "Reshape the data to the training layout, or build a new guide."
-            )
-        if indices is not None:
+        _check_input(plate, name, point_shape, value)
+        if indices is not None and value.shape[0] != indices.shape[0]:
+            if value.shape[0] != plate_size:
+                raise ValueError(
+                    f"Argument '{name}' has {value.shape[0]} rows, but plate '{plate.name}' "
+                    f"has size {plate_size} and a minibatch of {indices.shape[0]} in this "
+                    "call. Pass one row per data point (or per minibatch index)."
+                )
             value = value.index_select(0, indices.to(value.device))
         if not value.is_floating_point():
             value = value.to(torch.get_default_dtype())
@@ -103,6 +109,21 @@ def plate_inputs(
     return tuple(inputs)
 
 
+def _check_input(plate: DataPlate, name: str, point_shape: torch.Size, value: object) -> None:
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        raise ValueError(
+            f"The encoder of plate '{plate.name}' reads argument '{name}', which is "
+            f"{type(value).__name__} in this call. Pass a tensor with one row per data "
+            "point, or choose other inputs with amortize_on=."
+        )
+    if value.shape[1:] != point_shape:
+        raise ValueError(
+            f"Argument '{name}' has per-data-point shape {tuple(value.shape[1:])}, but "
+            f"the encoder of plate '{plate.name}' was built for {tuple(point_shape)}. "
+            "Reshape the data to the training layout, or build a new guide."
+        )
+
+
 def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Runs an encoder and flattens its output to ``(batch, num_features)``."""
     features = encoder(*inputs)
@@ -111,4 +132,4 @@ def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tor
             f"An encoder must return a tensor of shape (batch, num_features), but "
             f"{type(encoder).__name__} returned {type(features).__name__}."
         )
-    return features.reshape(features.shape[0], -1)
+    return features if features.dim() == 2 else features.reshape(features.shape[0], -1)

@@ -40,8 +40,10 @@ from .structure import (
     LatentSite,
     ModelStructure,
     bind_arguments,
+    call_key,
     locate_argument,
     model_value,
+    plate_sizes,
     read_model,
     trace_prototype,
     warn_if_nothing_to_amortize,
@@ -52,6 +54,10 @@ from .transforms import bijection_to
 def _module_key(name: str) -> str:
     """An ``nn.Module`` attribute name for a site or plate name (injective)."""
     return name.replace("%", "%25").replace(".", "%2E") or "%00"
+
+
+_MAX_CACHED_CALLS = 64
+"""Argument signatures whose data plate sizes a guide remembers."""
 
 
 def _is_identity(transform: Transform) -> bool:
@@ -138,6 +144,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._structure: ModelStructure | None = None
         self._locations: dict[str, ArgumentLocation] = {}
         self._transforms: dict[str, Transform] = {}
+        self._plate_sizes: dict[tuple, dict[str, tuple[int, int]]] = {}
 
     @staticmethod
     def _check_options(
@@ -206,6 +213,7 @@ class AutoAmortizedGuide(AutoGuide):
             init = self._init_unconstrained(site, trace.nodes[name], outer)
             setattr(self.global_params, _module_key(name), self._global_module(init, site))
         self._structure = structure
+        self._plate_sizes[call_key(args, kwargs)] = plate_sizes(trace, list(structure.data_plates))
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
         if isinstance(self._user_encoder, Mapping):
@@ -234,7 +242,7 @@ class AutoAmortizedGuide(AutoGuide):
         arguments: dict[str, Any],
     ) -> None:
         encoder = self._plate_encoder(plate.name)
-        inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None)
+        inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
         with torch.no_grad():
             num_features = encode_features(encoder, inputs).shape[-1]
         self.encoders[_module_key(plate.name)] = encoder
@@ -286,39 +294,58 @@ class AutoAmortizedGuide(AutoGuide):
             created = self.create_plates(*args, **kwargs)
             created = [created] if isinstance(created, pyro.plate) else list(created)
             plates = {plate.name: plate for plate in created}
+        sizes = self._data_plate_sizes(args, kwargs)
         for name, frame in structure.frames.items():
             if name in plates:
                 continue
             if name in structure.data_plates:
-                plates[name] = self._data_plate(structure.data_plates[name], args, kwargs)
+                plate = structure.data_plates[name]
+                plates[name] = self._data_plate(plate, sizes.get(name), args, kwargs)
             else:
                 full_size = frame.full_size or frame.size
                 plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=frame.size)
         return plates
 
+    def _data_plate_sizes(self, args: tuple, kwargs: dict) -> dict[str, tuple[int, int]]:
+        """The model's data plate sizes for this call's argument shapes.
+
+        The first call of each argument signature runs the model once (cached),
+        so the guide subsamples exactly as the model will, whatever the model
+        computes its plate sizes from.
+        """
+        key = call_key(args, kwargs)
+        sizes = self._plate_sizes.get(key)
+        if sizes is None:
+            sizes = {}
+            if self._model is not None:  # a guide loaded from disk has no model
+                trace, _ = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
+                sizes = plate_sizes(trace, list(self._structure.data_plates))
+            if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
+                self._plate_sizes.clear()
+            self._plate_sizes[key] = sizes
+        return sizes
+
     def _input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
         return [self._locations[name].fetch(args, kwargs) for name in plate.inputs]
 
-    def _data_plate(self, plate: DataPlate, args: tuple, kwargs: dict) -> pyro.plate:
+    def _data_plate(
+        self, plate: DataPlate, sizes: tuple[int, int] | None, args: tuple, kwargs: dict
+    ) -> pyro.plate:
         first = self._input_values(plate, args, kwargs)[0]
         if not isinstance(first, torch.Tensor) or first.dim() == 0:
-            plate_inputs(plate, [first], None)  # raises the helpful error
-        rows = first.shape[0]
-        if plate.presubsampled:
-            return pyro.plate(
-                plate.name,
-                plate.full_size,
-                subsample_size=rows,
-                dim=plate.dim,
-                device=first.device,
-            )
-        subsample_size = None if plate.subsample_size is None else min(plate.subsample_size, rows)
+            plate_inputs(plate, [first], None, None)  # raises the helpful error
+        if sizes is None:  # the model could not be run: use the first call's layout
+            rows = first.shape[0]
+            if plate.presubsampled:
+                sizes = (plate.full_size, rows)
+            else:
+                sizes = (
+                    rows,
+                    rows if plate.subsample_size is None else min(plate.subsample_size, rows),
+                )
+        size, subsample_size = sizes
         return pyro.plate(
-            plate.name,
-            rows,
-            subsample_size=subsample_size,
-            dim=plate.dim,
-            device=first.device,
+            plate.name, size, subsample_size=subsample_size, dim=plate.dim, device=first.device
         )
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -335,8 +362,8 @@ class AutoAmortizedGuide(AutoGuide):
         encoders, heads = self.encoders, self.heads
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
-                rows = None if plate.presubsampled or plate.subsample_size is None else indices
-                inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), rows)
+                values = self._input_values(plate, args, kwargs)
+                inputs = plate_inputs(plate, values, indices, plates[plate.name].size)
                 features = encode_features(encoders[_module_key(plate.name)], inputs)
                 for name in plate.sites:
                     site = self._structure.sites[name]
@@ -364,12 +391,14 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _sample(self, site: LatentSite, unconstrained: dist.Distribution) -> torch.Tensor:
         transform = self._transforms[site.name]
+        if _is_identity(transform):  # real support: no auxiliary site, no Jacobian
+            return pyro.sample(site.name, unconstrained)
         latent = pyro.sample(
             site.name + "_unconstrained", unconstrained, infer={"is_auxiliary": True}
         )
         value = transform(latent)
         log_density = 0.0
-        if self._jacobian and not _is_identity(transform) and poutine.get_mask() is not False:
+        if self._jacobian and poutine.get_mask() is not False:
             log_density = transform.inv.log_abs_det_jacobian(value, latent)
             log_density = sum_rightmost(
                 log_density, log_density.dim() - value.dim() + site.event_dim
@@ -384,7 +413,7 @@ class AutoAmortizedGuide(AutoGuide):
         structure = self._require_structure()
         result = {}
         for plate in structure.data_plates.values():
-            inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), None)
+            inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), None, None)
             features = encode_features(self.encoders[_module_key(plate.name)], inputs)
             for name in plate.sites:
                 result[name] = self.heads[_module_key(name)](features)
@@ -465,7 +494,7 @@ class AutoAmortizedGuide(AutoGuide):
         # AutoGuide, the model (often a local function) is not pickled, but
         # the live guide keeps it.
         state = PyroModule.__getstate__(self)
-        return {**state, "_model": None, "master": None}
+        return {**state, "_model": None, "master": None, "_plate_sizes": {}}
 
 
 class AutoAmortizedDelta(AutoAmortizedGuide):

@@ -44,7 +44,8 @@ class _LinearHead(nn.Module):
         return layer
 
     def _output(self, layer: nn.Linear, features: torch.Tensor) -> torch.Tensor:
-        return layer(features).reshape(features.shape[:-1] + self.shape)
+        output = layer(features)
+        return output if len(self.shape) == 1 else output.reshape(features.shape[:-1] + self.shape)
 
 
 class NormalHead(_LinearHead):

@@ -486,6 +486,34 @@ def _data_plate(
     )
 
 
+def plate_sizes(trace: poutine.Trace, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The ``(size, subsample size)`` of the named plates in a trace of the model."""
+    sizes = {}
+    for site in trace.nodes.values():
+        for frame in site.get("cond_indep_stack", ()):
+            if frame.name in names:
+                sizes[frame.name] = (frame.full_size or frame.size, frame.size)
+    return sizes
+
+
+def call_key(args: tuple, kwargs: dict) -> tuple:
+    """A hashable key of a call's argument shapes and plain values: calls with
+    equal keys run the model's plates with equal sizes."""
+    return tuple(_value_key(value) for value in args) + tuple(
+        (name, _value_key(value)) for name, value in sorted(kwargs.items())
+    )
+
+
+def _value_key(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.device)
+    try:
+        hash(value)
+    except TypeError:
+        return id(value)
+    return value
+
+
 def warn_if_nothing_to_amortize(structure: ModelStructure) -> None:
     """Warns once when the model has no data plate holding latent sites."""
     if not structure.data_plates:

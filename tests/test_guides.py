@@ -173,6 +173,35 @@ def test_subsampled_plate_on_new_data_smaller_than_the_batch():
     assert trace.nodes["z"]["value"].shape == (32, 2)
 
 
+def batch_size_model(x, batch_size=None):
+    """The minibatch size is an argument: the guide follows each call's choice."""
+    with pyro.plate("data", x.shape[0], subsample_size=batch_size):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=pyro.subsample(x, event_dim=0))
+
+
+def test_guide_subsamples_as_the_model_does_in_each_call():
+    x = torch.randn(300)
+    guide = AutoAmortizedGuide(batch_size_model)
+    guide(x[:20])  # first call: a small batch, no subsampling
+    train(batch_size_model, guide, x, batch_size=100, steps=3)
+    assert poutine.trace(guide).get_trace(x, batch_size=100).nodes["z"]["value"].shape == (100,)
+    assert poutine.trace(guide).get_trace(x).nodes["z"]["value"].shape == (300,)
+    assert poutine.trace(guide).get_trace(x, 7).nodes["z"]["value"].shape == (7,)
+
+
+def test_rows_matching_neither_the_plate_nor_the_minibatch():
+    def model(x, num_data):
+        with pyro.plate("data", num_data, subsample_size=10):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:10])
+
+    guide = AutoAmortizedGuide(model, amortize_on="x")
+    guide(torch.zeros(10), 50)
+    with pytest.raises(ValueError, match="'x' has 30 rows, but plate 'data' has size 50"):
+        guide(torch.zeros(30), 50)
+
+
 # ----------------------------------------------------------------- inference
 
 
