@@ -24,6 +24,7 @@ from pyro.nn import PyroModule
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
 from torch.distributions import ComposeTransform, Transform, TransformedDistribution
+from torch.distributions.transforms import IndependentTransform
 
 from .encoders import MLPEncoder, encode_features, plate_inputs
 from .heads import (
@@ -61,7 +62,19 @@ _MAX_CACHED_CALLS = 64
 
 
 def _is_identity(transform: Transform) -> bool:
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
     return isinstance(transform, ComposeTransform) and not transform.parts
+
+
+class InferenceNetwork(nn.Module):
+    """The networks of an amortized guide: an encoder trunk per data plate and a
+    head per local site, keyed by (escaped) plate and site names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
 
 
 class AutoAmortizedGuide(AutoGuide):
@@ -137,8 +150,7 @@ class AutoAmortizedGuide(AutoGuide):
         self.amortize_on = amortize_on
         self.hidden_dims = tuple(hidden_dims)
         self.init_loc_fn = init_loc_fn
-        self.encoders = nn.ModuleDict()
-        self.heads = nn.ModuleDict()
+        self.network = InferenceNetwork()
         self.global_params = PyroModule()
         self._user_encoder = encoder
         self._structure: ModelStructure | None = None
@@ -245,11 +257,11 @@ class AutoAmortizedGuide(AutoGuide):
         inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
         with torch.no_grad():
             num_features = encode_features(encoder, inputs).shape[-1]
-        self.encoders[_module_key(plate.name)] = encoder
+        self.network.encoders[_module_key(plate.name)] = encoder
         for name in plate.sites:
             site = structure.sites[name]
             init = self._init_unconstrained(site, trace.nodes[name], outer).mean(0)
-            self.heads[_module_key(name)] = self._local_head(num_features, init, site)
+            self.network.heads[_module_key(name)] = self._local_head(num_features, init, site)
 
     # ------------------------------------------------------------------ families
 
@@ -357,9 +369,9 @@ class AutoAmortizedGuide(AutoGuide):
             self._setup_prototype(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
         result = self._sample_globals(plates)
-        # Read each container once: a PyroModule attribute access registers the
-        # container's parameters with Pyro.
-        encoders, heads = self.encoders, self.heads
+        # One attribute access registers every network parameter with Pyro.
+        network = self.network
+        encoders, heads = network.encoders, network.heads
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
                 values = self._input_values(plate, args, kwargs)
@@ -373,6 +385,8 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _sample_globals(self, plates: dict[str, pyro.plate]) -> dict[str, torch.Tensor]:
         result = {}
+        if not self._structure.global_sites:
+            return result
         global_params = self.global_params
         for name in self._structure.global_sites:
             site = self._structure.sites[name]
@@ -414,9 +428,9 @@ class AutoAmortizedGuide(AutoGuide):
         result = {}
         for plate in structure.data_plates.values():
             inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), None, None)
-            features = encode_features(self.encoders[_module_key(plate.name)], inputs)
+            features = encode_features(self.network.encoders[_module_key(plate.name)], inputs)
             for name in plate.sites:
-                result[name] = self.heads[_module_key(name)](features)
+                result[name] = self.network.heads[_module_key(name)](features)
         return result
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:

@@ -117,7 +117,7 @@ def test_encode_rsample_has_gradients_and_no_param_store_effects():
     pyro.clear_param_store()
     value = guide.encode(x)["z"].rsample()
     value.sum().backward()
-    assert any(p.grad is not None for p in guide.encoders.parameters())
+    assert any(p.grad is not None for p in guide.network.encoders.parameters())
     assert len(pyro.get_param_store()) == 0
 
 
@@ -366,8 +366,8 @@ def test_custom_encoder_reads_each_input_in_its_own_shape():
     covariates, y = regression_data(12)
     guide(covariates, y)
     assert encoder.calls[-1] == ((12, 3), (12,))
-    assert guide.heads["effect"].loc.in_features == 8
-    assert guide.encoders["units"] is encoder
+    assert guide.network.heads["effect"].loc.in_features == 8
+    assert guide.network.encoders["units"] is encoder
 
 
 def test_image_inputs_and_an_encoder_per_plate():
@@ -381,7 +381,7 @@ def test_image_inputs_and_an_encoder_per_plate():
     guide = AutoAmortizedGuide(model, encoder={"images": conv})
     images = torch.randn(5, 1, 8, 8)
     assert guide(images)["z"].shape == (5, 3)
-    assert guide.heads["z"].loc.in_features == 2 * 6 * 6
+    assert guide.network.heads["z"].loc.in_features == 2 * 6 * 6
     default = AutoAmortizedDelta(model, hidden_dims=(16,))
     assert default(images)["z"].shape == (5, 3)  # default encoder flattens the images
 
@@ -482,4 +482,4 @@ def test_first_call_inside_vectorized_particles():
     losses = train(factor_model, guide, factor_data(50), steps=3, elbo=elbo)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert guide.global_params.w.loc.shape == (2, 5)  # no particle dimension
-    assert guide.heads["z"].loc.bias.shape == (2,)
+    assert guide.network.heads["z"].loc.bias.shape == (2,)
