@@ -75,7 +75,7 @@ class NormalHead(_LinearHead):
     ) -> None:
         super().__init__(num_features, shape, event_dim)
         self.loc = self._linear(init_loc)
-        raw_scale = _inverse_softplus(init_scale - MIN_SCALE)
+        raw_scale = _inverse_softplus(max(init_scale - MIN_SCALE, MIN_SCALE))
         self.scale = self._linear(torch.full(self.shape, raw_scale))
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
