@@ -95,6 +95,7 @@ def test_gamma_poisson_posterior_mean(guide_class):
     relative_error = ((mean - exact) / exact).abs().mean()
     # The Gaussian in log space that maximizes the ELBO has exactly the
     # posterior mean, so only amortization and optimization error remain.
+    # Measured: 0.024 with the Jacobian, 0.26 without.
     if guide_class is AutoAmortizedGuide:
         assert relative_error <= 0.04
     else:
@@ -137,7 +138,10 @@ def test_dirichlet_multinomial_posterior_mean(guide_class):
     mean = guide.encode(held_out)["proportions"].sample([2000]).mean(0)
     exact = (CONCENTRATION + held_out) / (CONCENTRATION.sum() + TOTAL_COUNT)
     error = (mean - exact).abs().max(-1).values.mean()
+    # The logistic-normal family's mean is close to, not exactly, the Dirichlet
+    # mean: the tolerance covers that and the amortization error (0.0098
+    # measured); dropping the stick-breaking Jacobian moves it to 0.036.
     if guide_class is AutoAmortizedGuide:
-        assert error <= 0.01
+        assert error <= 0.015
     else:
-        assert error > 0.02
+        assert error > 0.025
