@@ -1,11 +1,19 @@
 """pyro_amortized: amortized variational inference for Pyro models with local latents."""
 
 from .encoders import MLPEncoder
-from .guides import AutoAmortizedDelta, AutoAmortizedGuide, AutoAmortizedNormal
+from .guides import (
+    AutoAmortizedDelta,
+    AutoAmortizedGuide,
+    AutoAmortizedLowRankMultivariateNormal,
+    AutoAmortizedMultivariateNormal,
+    AutoAmortizedNormal,
+)
 
 __all__ = [
     "AutoAmortizedDelta",
     "AutoAmortizedGuide",
+    "AutoAmortizedLowRankMultivariateNormal",
+    "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
     "MLPEncoder",
 ]

@@ -31,7 +31,10 @@ from .heads import (
     DeltaHead,
     GlobalDelta,
     GlobalNormal,
+    LowRankMultivariateNormalHead,
+    MultivariateNormalHead,
     NormalHead,
+    marginal_loc_scale,
     unconstrained_quantiles,
 )
 from .structure import (
@@ -59,6 +62,35 @@ def _module_key(name: str) -> str:
 
 _MAX_CACHED_CALLS = 64
 """Argument signatures whose data plate sizes a guide remembers."""
+
+
+LOCAL_FAMILIES: dict[str, type[nn.Module]] = {
+    "normal": NormalHead,
+    "multivariate_normal": MultivariateNormalHead,
+    "lowrank_multivariate_normal": LowRankMultivariateNormalHead,
+    "delta": DeltaHead,
+}
+"""The families a local site can take, by name: the head class of each."""
+
+
+def _check_site_families(site_families: Mapping[str, str] | None) -> dict[str, str]:
+    site_families = dict(site_families or {})
+    for site, family in site_families.items():
+        if family not in LOCAL_FAMILIES:
+            raise ValueError(
+                f"site_families gives site '{site}' the family {family!r}; the families "
+                f"are: {', '.join(LOCAL_FAMILIES)}."
+            )
+    return site_families
+
+
+def _check_family_sites(site_families: dict[str, str], structure: ModelStructure) -> None:
+    unknown = sorted(set(site_families) - set(structure.local_sites))
+    if unknown:
+        raise ValueError(
+            f"site_families names {unknown}, which are not local latent sites of the model. "
+            f"Its local sites are: {', '.join(structure.local_sites) or 'none'}."
+        )
 
 
 def _is_identity(transform: Transform) -> bool:
@@ -140,12 +172,14 @@ class AutoAmortizedGuide(AutoGuide):
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
+        site_families: Mapping[str, str] | None = None,
         create_plates: Callable | None = None,
     ) -> None:
         if not isinstance(init_scale, (int, float)) or not init_scale > 0:
             raise ValueError(f"init_scale must be a positive number, but got {init_scale!r}.")
         self._init_scale = float(init_scale)
         self._check_options(amortize_on, encoder, hidden_dims, init_loc_fn)
+        self.site_families = _check_site_families(site_families)
         super().__init__(model, create_plates=create_plates)
         self.amortize_on = amortize_on
         self.hidden_dims = tuple(hidden_dims)
@@ -212,6 +246,7 @@ class AutoAmortizedGuide(AutoGuide):
         structure = read_model(trace, outer, arguments, self.amortize_on)
         warn_if_nothing_to_amortize(structure)
         self._check_encoder_plates(structure)
+        _check_family_sites(self.site_families, structure)
         self._transforms = {
             name: bijection_to(site.support) for name, site in structure.sites.items()
         }
@@ -265,14 +300,18 @@ class AutoAmortizedGuide(AutoGuide):
 
     # ------------------------------------------------------------------ families
 
+    _family = "normal"
+    """The family of local sites that ``site_families`` does not name."""
+
     def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
-        return NormalHead(
-            num_features,
-            init_loc.shape,
-            len(site.unconstrained_event_shape),
-            init_loc=init_loc,
-            init_scale=self._init_scale,
-        )
+        family = self.site_families.get(site.name, self._family)
+        options = {"init_loc": init_loc}
+        if family != "delta":
+            options["init_scale"] = self._init_scale
+        if family == "lowrank_multivariate_normal":
+            options["rank"] = getattr(self, "rank", None)
+        head = LOCAL_FAMILIES[family]
+        return head(num_features, init_loc.shape, len(site.unconstrained_event_shape), **options)
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
         return GlobalNormal(
@@ -283,6 +322,8 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
         transform = self._transforms[site.name]
+        if isinstance(unconstrained, dist.Delta):
+            return dist.Delta(transform(unconstrained.v), event_dim=site.event_dim)
         if _is_identity(transform):
             return unconstrained  # real support: the head's distribution as it is
         return TransformedDistribution(unconstrained, [transform])
@@ -412,7 +453,8 @@ class AutoAmortizedGuide(AutoGuide):
         )
         value = transform(latent)
         log_density = 0.0
-        if self._jacobian and poutine.get_mask() is not False:
+        point_estimate = isinstance(unconstrained, dist.Delta)  # MAP in constrained space
+        if self._jacobian and not point_estimate and poutine.get_mask() is not False:
             log_density = transform.inv.log_abs_det_jacobian(value, latent)
             log_density = sum_rightmost(
                 log_density, log_density.dim() - value.dim() + site.event_dim
@@ -471,7 +513,7 @@ class AutoAmortizedGuide(AutoGuide):
             unconstrained median).
         """
         return {
-            name: self._transforms[name](unconstrained.mean)
+            name: self._transforms[name](marginal_loc_scale(unconstrained)[0])
             for name, unconstrained in self._all_unconstrained(*args, **kwargs).items()
         }
 
@@ -493,12 +535,8 @@ class AutoAmortizedGuide(AutoGuide):
         """
         result = {}
         for name, unconstrained in self._all_unconstrained(*args, **kwargs).items():
-            levels = torch.as_tensor(
-                quantiles,
-                dtype=unconstrained.mean.dtype,
-                device=unconstrained.mean.device,
-            )
-            result[name] = self._transforms[name](unconstrained_quantiles(unconstrained, levels))
+            values = unconstrained_quantiles(unconstrained, quantiles)
+            result[name] = self._transforms[name](values)
         return result
 
     # --------------------------------------------------------------- persistence
@@ -530,7 +568,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
     :param callable create_plates: optional function returning plates to use.
     """
 
-    _jacobian = False
+    _family = "delta"
 
     def __init__(
         self,
@@ -540,6 +578,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         encoder: nn.Module | Mapping[str, nn.Module] | None = None,
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
+        site_families: Mapping[str, str] | None = None,
         create_plates: Callable | None = None,
     ) -> None:
         super().__init__(
@@ -548,15 +587,8 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             encoder=encoder,
             hidden_dims=hidden_dims,
             init_loc_fn=init_loc_fn,
+            site_families=site_families,
             create_plates=create_plates,
-        )
-
-    def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
-        return DeltaHead(
-            num_features,
-            init_loc.shape,
-            len(site.unconstrained_event_shape),
-            init_loc=init_loc,
         )
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
@@ -564,9 +596,68 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             self._full_size_init(init_loc, site), len(site.unconstrained_event_shape)
         )
 
-    def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
-        value = self._transforms[site.name](unconstrained.mean)
-        return dist.Delta(value, event_dim=site.event_dim)
+
+class AutoAmortizedMultivariateNormal(AutoAmortizedGuide):
+    """A full-covariance Gaussian per data point over each local site's
+    unconstrained event (``loc`` and ``scale_tril`` from the encoder's features),
+    for local posteriors with correlated coordinates; global sites as
+    :class:`AutoAmortizedGuide`. Its cost grows with the square of a site's event
+    size: see :class:`AutoAmortizedLowRankMultivariateNormal` for large events.
+
+    Usage::
+
+        guide = AutoAmortizedMultivariateNormal(model)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+    Takes the options of :class:`AutoAmortizedGuide`.
+    """
+
+    _family = "multivariate_normal"
+
+
+class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
+    """A Gaussian per data point with low-rank-plus-diagonal covariance
+    ``F F^T + diag(d)`` over each local site's unconstrained event; global sites
+    as :class:`AutoAmortizedGuide`.
+
+    Usage::
+
+        guide = AutoAmortizedLowRankMultivariateNormal(model, rank=2)
+
+    :param int rank: rank of ``F``; by default about the square root of each
+        site's event size.
+
+    Takes the other options of :class:`AutoAmortizedGuide`.
+    """
+
+    _family = "lowrank_multivariate_normal"
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        rank: int | None = None,
+        amortize_on: AmortizeOn = None,
+        encoder: nn.Module | Mapping[str, nn.Module] | None = None,
+        hidden_dims: Sequence[int] = (256,),
+        init_loc_fn: Callable = init_to_feasible,
+        init_scale: float = 0.1,
+        site_families: Mapping[str, str] | None = None,
+        create_plates: Callable | None = None,
+    ) -> None:
+        if rank is not None and not (isinstance(rank, int) and rank > 0):
+            raise ValueError(f"rank must be a positive integer or None, but got {rank!r}.")
+        self.rank = rank
+        super().__init__(
+            model,
+            amortize_on=amortize_on,
+            encoder=encoder,
+            hidden_dims=hidden_dims,
+            init_loc_fn=init_loc_fn,
+            init_scale=init_scale,
+            site_families=site_families,
+            create_plates=create_plates,
+        )
 
 
 AutoAmortizedNormal = AutoAmortizedGuide

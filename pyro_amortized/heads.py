@@ -10,12 +10,14 @@ A family of guides is a choice of head and global parameter module.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import nn
+from torch.distributions.transforms import ReshapeTransform
 from torch.nn.functional import softplus
 
 MIN_SCALE = 1e-5
@@ -37,7 +39,11 @@ class _LinearHead(nn.Module):
 
     def _linear(self, bias: torch.Tensor) -> nn.Linear:
         """A linear map whose output starts at ``bias`` whatever the features."""
-        layer = nn.Linear(self.num_features, self.shape.numel())
+        return self._sized_linear(bias)
+
+    def _sized_linear(self, bias: torch.Tensor) -> nn.Linear:
+        """A linear map to ``bias.numel()`` outputs that starts at ``bias``."""
+        layer = nn.Linear(self.num_features, bias.numel())
         with torch.no_grad():
             layer.weight.zero_()
             layer.bias.copy_(bias.reshape(-1))
@@ -113,6 +119,122 @@ class DeltaHead(_LinearHead):
         return dist.Delta(self._output(self.loc, features), event_dim=self.event_dim)
 
 
+class _CorrelatedHead(_LinearHead):
+    """Shared plumbing of the correlated Gaussian heads: one Gaussian per point
+    (and per position of the per-point batch) over the flattened unconstrained
+    event of size ``k``, reshaped back to the event shape."""
+
+    def __init__(self, num_features: int, shape: torch.Size, event_dim: int) -> None:
+        super().__init__(num_features, shape, event_dim)
+        self.batch_shape = self.shape[: len(self.shape) - event_dim]
+        self.event_shape = self.shape[len(self.shape) - event_dim :]
+        self.size = self.event_shape.numel()
+
+    def _outputs(self, layer: nn.Linear, features: torch.Tensor, *trailing: int) -> torch.Tensor:
+        return layer(features).reshape(features.shape[:-1] + self.batch_shape + trailing)
+
+    def _reshaped(self, gaussian: dist.Distribution) -> dist.Distribution:
+        if self.event_shape == (self.size,):
+            return gaussian
+        return dist.TransformedDistribution(
+            gaussian, [ReshapeTransform((self.size,), self.event_shape)]
+        )
+
+
+class MultivariateNormalHead(_CorrelatedHead):
+    """Full-covariance Gaussian per data point over a site's unconstrained event:
+    ``loc`` and a lower-triangular ``scale_tril`` (softplus diagonal) from linear
+    maps of the features.
+
+    :param num_features: size of the encoder's features.
+    :param shape: per-point batch shape + unconstrained event shape.
+    :param event_dim: number of event dimensions at the right of ``shape``.
+    :param init_loc: initial location, of shape ``shape``.
+    :param init_scale: initial standard deviation of every coordinate.
+
+    Usage::
+
+        head = MultivariateNormalHead(64, torch.Size([3]), 1, init_loc=torch.zeros(3),
+                                      init_scale=0.1)
+        q = head(torch.randn(10, 64))     # MultivariateNormal, batch (10,), event (3,)
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        shape: torch.Size,
+        event_dim: int,
+        *,
+        init_loc: torch.Tensor,
+        init_scale: float,
+    ) -> None:
+        super().__init__(num_features, shape, event_dim)
+        self.loc = self._sized_linear(init_loc.reshape(self.batch_shape + (self.size,)))
+        raw_scale = _inverse_softplus(max(init_scale - MIN_SCALE, MIN_SCALE))
+        self.diagonal = self._sized_linear(torch.full(self.batch_shape + (self.size,), raw_scale))
+        num_off_diagonal = self.size * (self.size - 1) // 2
+        self.off_diagonal = (
+            self._sized_linear(torch.zeros(self.batch_shape + (num_off_diagonal,)))
+            if num_off_diagonal
+            else None
+        )
+
+    def forward(self, features: torch.Tensor) -> dist.Distribution:
+        loc = self._outputs(self.loc, features, self.size)
+        diagonal = softplus(self._outputs(self.diagonal, features, self.size)) + MIN_SCALE
+        scale_tril = torch.diag_embed(diagonal)
+        if self.off_diagonal is not None:
+            lower = self._outputs(self.off_diagonal, features, self.size * (self.size - 1) // 2)
+            rows, cols = torch.tril_indices(self.size, self.size, -1, device=features.device)
+            scale_tril[..., rows, cols] = lower
+        return self._reshaped(dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+
+class LowRankMultivariateNormalHead(_CorrelatedHead):
+    """Gaussian per data point with covariance ``F F^T + diag(d)``, a low-rank
+    factor ``F`` (``size x rank``) and a softplus diagonal ``d``, from linear maps
+    of the features: linear in the event size, for large events.
+
+    :param num_features: size of the encoder's features.
+    :param shape: per-point batch shape + unconstrained event shape.
+    :param event_dim: number of event dimensions at the right of ``shape``.
+    :param init_loc: initial location, of shape ``shape``.
+    :param init_scale: initial standard deviation scale.
+    :param rank: rank of ``F``; by default about the square root of the size.
+
+    Usage::
+
+        head = LowRankMultivariateNormalHead(64, torch.Size([50]), 1,
+                                             init_loc=torch.zeros(50), init_scale=0.1, rank=3)
+        q = head(torch.randn(10, 64))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        shape: torch.Size,
+        event_dim: int,
+        *,
+        init_loc: torch.Tensor,
+        init_scale: float,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(num_features, shape, event_dim)
+        self.rank = rank or max(1, int(round(self.size**0.5)))
+        self.loc = self._sized_linear(init_loc.reshape(self.batch_shape + (self.size,)))
+        diagonal = _inverse_softplus(max(init_scale**2 / 2, MIN_SCALE))
+        self.diagonal = self._sized_linear(torch.full(self.batch_shape + (self.size,), diagonal))
+        # A nonzero start: at F = 0 the gradient with respect to F vanishes.
+        factor = torch.randn(self.batch_shape + (self.size * self.rank,))
+        self.factor = self._sized_linear(factor * init_scale / (2 * self.rank) ** 0.5)
+
+    def forward(self, features: torch.Tensor) -> dist.Distribution:
+        loc = self._outputs(self.loc, features, self.size)
+        diagonal = softplus(self._outputs(self.diagonal, features, self.size)) + MIN_SCALE
+        factor = self._outputs(self.factor, features, self.size, self.rank)
+        return self._reshaped(dist.LowRankMultivariateNormal(loc, factor, diagonal))
+
+
 class GlobalNormal(PyroModule):
     """Per-site Normal over a global site's unconstrained value, as Pyro's AutoNormal.
 
@@ -152,17 +274,33 @@ class GlobalDelta(PyroModule):
         return dist.Delta(self.loc, event_dim=self.event_dim)
 
 
+def marginal_loc_scale(distribution: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each coordinate's marginal location (median) and standard deviation under a
+    head's Gaussian or Delta distribution, in the shape of its values."""
+    reshape = None
+    if isinstance(distribution, dist.TransformedDistribution):
+        (reshape,) = distribution.transforms
+        distribution = distribution.base_dist
+    while isinstance(distribution, dist.Independent):
+        distribution = distribution.base_dist
+    if isinstance(distribution, dist.Delta):
+        loc, scale = distribution.v, torch.zeros_like(distribution.v)
+    else:
+        loc, scale = distribution.mean, distribution.variance.sqrt()
+    if reshape is not None:
+        loc, scale = reshape(loc), reshape(scale)
+    return loc, scale
+
+
 def unconstrained_quantiles(
-    distribution: dist.Distribution, quantiles: torch.Tensor
+    distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
-    """Coordinate-wise quantiles of a Normal or Delta head's distribution.
+    """Coordinate-wise quantiles of a head's distribution (marginals for the
+    correlated families).
 
     :returns: a tensor with a leading dimension over ``quantiles``.
     """
-    base = distribution
-    while isinstance(base, dist.Independent):
-        base = base.base_dist
-    if isinstance(base, dist.Delta):
-        return base.v.expand((len(quantiles),) + base.v.shape)
-    shape = (-1,) + (1,) * len(base.batch_shape)
-    return base.icdf(quantiles.reshape(shape))
+    loc, scale = marginal_loc_scale(distribution)
+    levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
+    standard = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * loc.dim())
+    return loc + scale * standard

@@ -37,9 +37,21 @@ from pyro.infer.autoguide.initialization import (
     init_to_value,
 )
 
-from pyro_amortized import AutoAmortizedDelta, AutoAmortizedGuide, AutoAmortizedNormal, MLPEncoder
+from pyro_amortized import (
+    AutoAmortizedDelta,
+    AutoAmortizedGuide,
+    AutoAmortizedLowRankMultivariateNormal,
+    AutoAmortizedMultivariateNormal,
+    AutoAmortizedNormal,
+    MLPEncoder,
+)
 
-FAMILIES = [AutoAmortizedGuide, AutoAmortizedDelta]
+FAMILIES = [
+    AutoAmortizedGuide,
+    AutoAmortizedDelta,
+    AutoAmortizedMultivariateNormal,
+    AutoAmortizedLowRankMultivariateNormal,
+]
 
 MODELS = {
     "factor": (factor_model, lambda n: (factor_data(n),)),
