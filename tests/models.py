@@ -55,8 +55,8 @@ def nested_model(counts):
         cov = pyro.sample("cov", dist.Wishart(df=4.0, covariance_matrix=torch.eye(2)))
         with pyro.plate("words", num_words, dim=-1):
             rate = pyro.sample("rate", dist.Gamma(2.0, 2.0))
-            mean = rate * (theta * topics).sum(-1, keepdim=True)
-            mean = mean + corr[..., 1, :1] ** 2 + cov[..., :1, 0].abs() * 0.01
+            mean = rate * (theta * topics).sum(-1)  # (docs, words)
+            mean = mean + corr[..., 1, 0] ** 2 + cov[..., 0, 0] * 0.01
             pyro.sample("counts", dist.Poisson(mean), obs=counts)
 
 

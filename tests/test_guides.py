@@ -495,3 +495,37 @@ def test_first_call_inside_vectorized_particles():
     assert all(torch.isfinite(torch.tensor(losses)))
     assert guide.global_params.w.loc.shape == (2, 5)  # no particle dimension
     assert guide.network.heads["z"].loc.bias.shape == (2,)
+
+
+def test_site_families_choose_a_family_per_local_site():
+    counts = count_data(8)
+    guide = AutoAmortizedGuide(
+        nested_model, site_families={"theta": "multivariate_normal", "cov": "delta"}
+    )
+    train(nested_model, guide, counts, steps=5)
+    heads = guide.network.heads
+    assert type(heads["theta"]).__name__ == "MultivariateNormalHead"
+    assert type(heads["cov"]).__name__ == "DeltaHead"
+    assert type(heads["rate"]).__name__ == "NormalHead"
+    encoded = guide.encode(counts)
+    assert isinstance(encoded["cov"], dist.Delta)
+    assert encoded["theta"].sample().shape == (8, 1, 3)
+
+
+def test_site_families_errors():
+    with pytest.raises(ValueError, match="family 'flowy'; the families are: normal"):
+        AutoAmortizedGuide(factor_model, site_families={"z": "flowy"})
+    guide = AutoAmortizedGuide(factor_model, site_families={"w": "delta"})
+    with pytest.raises(ValueError, match=r"names \['w'\], which are not local.*: z"):
+        guide(factor_data(5))
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        AutoAmortizedLowRankMultivariateNormal(factor_model, rank=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_constrained_and_nested_local_sites_train(family):
+    counts = count_data(64)
+    guide = family(nested_model, hidden_dims=(32,))
+    losses = train(nested_model, guide, counts, steps=200, lr=0.02)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert decrease(losses, window=40) < 0
