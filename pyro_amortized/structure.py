@@ -293,10 +293,17 @@ def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, d
         for frame in _model_frames(site, outer):
             frames.setdefault(frame.name, frame)
         if site["is_observed"]:
-            observed[name] = site
+            if not _is_factor_or_deterministic(site):
+                observed[name] = site
         elif not _is_enumerated(site):
             latent[name] = site
     return latent, observed, frames
+
+
+def _is_factor_or_deterministic(site: dict) -> bool:
+    """``pyro.factor`` and ``pyro.deterministic`` record observed sites that hold
+    no data."""
+    return bool(site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"))
 
 
 def _rows(value: Any) -> int | None:

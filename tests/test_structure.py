@@ -237,3 +237,20 @@ def test_encoder_for_an_unknown_plate():
 def test_options_are_keyword_only():
     with pytest.raises(TypeError):
         AutoAmortizedGuide(factor_model, "x")
+
+
+def test_factors_and_deterministic_sites_are_not_data():
+    def model(x):
+        with pyro.plate("components", 3):
+            loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+            pyro.factor("penalty", -(loc**2))
+            pyro.deterministic("double", 2 * loc)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(loc.sum(), 1.0))
+            pyro.deterministic("shifted", z + 1.0)
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    structure = _structure(model, torch.zeros(5))
+    assert structure.global_sites == ("loc",)
+    assert structure.local_sites == ("z",)
+    assert list(structure.data_plates) == ["data"]
