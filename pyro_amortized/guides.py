@@ -55,9 +55,14 @@ from .structure import (
 from .transforms import bijection_to
 
 
+_RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
+
+
 def _module_key(name: str) -> str:
-    """An ``nn.Module`` attribute name for a site or plate name (injective)."""
-    return name.replace("%", "%25").replace(".", "%2E") or "%00"
+    """An ``nn.Module`` attribute name for a site or plate name: injective, and
+    never one of the containers' own attributes (``"items"``, ``"training"``)."""
+    key = name.replace("%", "%25").replace(".", "%2E") or "%00"
+    return "%" + key if key in _RESERVED else key
 
 
 _MAX_CACHED_CALLS = 64

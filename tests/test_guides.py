@@ -529,3 +529,20 @@ def test_constrained_and_nested_local_sites_train(family):
     losses = train(nested_model, guide, counts, steps=200, lr=0.02)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert decrease(losses, window=40) < 0
+
+
+def test_site_and_plate_names_that_are_module_attributes():
+    def model(items, training):
+        with pyro.plate("items", items.shape[0]):
+            keys = pyro.sample("keys", dist.Normal(0.0, 1.0))
+            pyro.sample("obs", dist.Normal(keys, 1.0), obs=items)
+        forward = pyro.sample("forward", dist.Normal(0.0, 1.0))
+        with pyro.plate("training", training.shape[0]):
+            pyro.sample("t", dist.Normal(forward, 1.0), obs=training)
+
+    guide = AutoAmortizedGuide(model)
+    losses = train(model, guide, torch.randn(6), torch.randn(4), steps=20)
+    assert guide.data_plates == {"items": ("items",)}
+    assert guide.global_sites == ("forward",)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert guide.encode(torch.randn(3), torch.randn(4))["keys"].batch_shape == (3,)
