@@ -29,12 +29,13 @@ from torch.distributions.transforms import IndependentTransform
 from .encoders import MLPEncoder, encode_features, plate_inputs
 from .heads import (
     DeltaHead,
+    DiscreteHead,
     GlobalDelta,
     GlobalNormal,
     LowRankMultivariateNormalHead,
     MultivariateNormalHead,
     NormalHead,
-    marginal_loc_scale,
+    discrete_quantiles,
     unconstrained_quantiles,
 )
 from .structure import (
@@ -53,7 +54,6 @@ from .structure import (
     warn_if_nothing_to_amortize,
 )
 from .transforms import bijection_to
-
 
 _RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
 
@@ -178,8 +178,15 @@ class AutoAmortizedGuide(AutoGuide):
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
         site_families: Mapping[str, str] | None = None,
+        enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
+        if enumerate_discrete not in (None, "parallel", "sequential"):
+            raise ValueError(
+                "enumerate_discrete must be None, 'parallel' or 'sequential', but got "
+                f"{enumerate_discrete!r}."
+            )
+        self.enumerate_discrete = enumerate_discrete
         if not isinstance(init_scale, (int, float)) or not init_scale > 0:
             raise ValueError(f"init_scale must be a positive number, but got {init_scale!r}.")
         self._init_scale = float(init_scale)
@@ -253,7 +260,9 @@ class AutoAmortizedGuide(AutoGuide):
         self._check_encoder_plates(structure)
         _check_family_sites(self.site_families, structure)
         self._transforms = {
-            name: bijection_to(site.support) for name, site in structure.sites.items()
+            name: bijection_to(site.support)
+            for name, site in structure.sites.items()
+            if site.discrete is None
         }
         for plate in structure.data_plates.values():
             self._locations.update(
@@ -300,8 +309,18 @@ class AutoAmortizedGuide(AutoGuide):
         self.network.encoders[_module_key(plate.name)] = encoder
         for name in plate.sites:
             site = structure.sites[name]
-            init = self._init_unconstrained(site, trace.nodes[name], outer).mean(0)
-            self.network.heads[_module_key(name)] = self._local_head(num_features, init, site)
+            if site.discrete is not None:
+                head = DiscreteHead(
+                    num_features,
+                    site.point_batch_shape + site.event_shape,
+                    site.event_dim,
+                    kind=site.discrete,
+                    num_categories=site.num_categories,
+                )
+            else:
+                init = self._init_unconstrained(site, trace.nodes[name], outer).mean(0)
+                head = self._local_head(num_features, init, site)
+            self.network.heads[_module_key(name)] = head
 
     # ------------------------------------------------------------------ families
 
@@ -326,6 +345,8 @@ class AutoAmortizedGuide(AutoGuide):
         )
 
     def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
+        if site.discrete is not None:
+            return unconstrained
         transform = self._transforms[site.name]
         if isinstance(unconstrained, dist.Delta):
             return dist.Delta(transform(unconstrained.v), event_dim=site.event_dim)
@@ -450,6 +471,8 @@ class AutoAmortizedGuide(AutoGuide):
         return stack
 
     def _sample(self, site: LatentSite, unconstrained: dist.Distribution) -> torch.Tensor:
+        if site.discrete is not None:
+            return pyro.sample(site.name, unconstrained, infer=self._discrete_infer(site))
         transform = self._transforms[site.name]
         if _is_identity(transform):  # real support: no auxiliary site, no Jacobian
             return pyro.sample(site.name, unconstrained)
@@ -466,6 +489,16 @@ class AutoAmortizedGuide(AutoGuide):
             )
         delta = dist.Delta(value, log_density=log_density, event_dim=site.event_dim)
         return pyro.sample(site.name, delta)
+
+    def _discrete_infer(self, site: LatentSite) -> dict:
+        """How ELBOs treat a discrete local site: enumerated by TraceEnum_ELBO when
+        ``enumerate_discrete`` is set and the site is one categorical choice (Pyro
+        does not enumerate cartesian products of event dimensions), else a
+        score-function term with Pyro's decaying-average baseline."""
+        single_choice = site.event_dim == (1 if site.discrete == "one_hot" else 0)
+        if self.enumerate_discrete is not None and single_choice:
+            return {"enumerate": self.enumerate_discrete}
+        return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
 
     # ----------------------------------------------------------------- test time
 
@@ -518,7 +551,7 @@ class AutoAmortizedGuide(AutoGuide):
             unconstrained median).
         """
         return {
-            name: self._transforms[name](marginal_loc_scale(unconstrained)[0])
+            name: self._site_quantiles(name, unconstrained, [0.5])[0]
             for name, unconstrained in self._all_unconstrained(*args, **kwargs).items()
         }
 
@@ -538,11 +571,17 @@ class AutoAmortizedGuide(AutoGuide):
         :return: a dict from site name to a tensor with a leading dimension over
             ``quantiles``.
         """
-        result = {}
-        for name, unconstrained in self._all_unconstrained(*args, **kwargs).items():
-            values = unconstrained_quantiles(unconstrained, quantiles)
-            result[name] = self._transforms[name](values)
-        return result
+        return {
+            name: self._site_quantiles(name, unconstrained, quantiles)
+            for name, unconstrained in self._all_unconstrained(*args, **kwargs).items()
+        }
+
+    def _site_quantiles(
+        self, name: str, distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor
+    ) -> torch.Tensor:
+        if name not in self._transforms:  # a discrete site
+            return discrete_quantiles(distribution, quantiles)
+        return self._transforms[name](unconstrained_quantiles(distribution, quantiles))
 
     # --------------------------------------------------------------- persistence
 
@@ -584,6 +623,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
         site_families: Mapping[str, str] | None = None,
+        enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
         super().__init__(
@@ -593,6 +633,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             hidden_dims=hidden_dims,
             init_loc_fn=init_loc_fn,
             site_families=site_families,
+            enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
         )
 
@@ -648,6 +689,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
         site_families: Mapping[str, str] | None = None,
+        enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
         if rank is not None and not (isinstance(rank, int) and rank > 0):
@@ -661,6 +703,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
             init_loc_fn=init_loc_fn,
             init_scale=init_scale,
             site_families=site_families,
+            enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
         )
 

@@ -235,6 +235,67 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
         return self._reshaped(dist.LowRankMultivariateNormal(loc, factor, diagonal))
 
 
+class DiscreteHead(_LinearHead):
+    """Amortized logits of a discrete local site: Bernoulli, Categorical or
+    OneHotCategorical per data point, starting uniform.
+
+    :param num_features: size of the encoder's features.
+    :param shape: per-point batch shape + the site's event shape.
+    :param event_dim: the site's event dimensions.
+    :param kind: ``"bernoulli"``, ``"categorical"`` or ``"one_hot"``.
+    :param num_categories: number of values (categories) of the site.
+
+    Usage::
+
+        head = DiscreteHead(64, torch.Size([]), 0, kind="categorical", num_categories=3)
+        q = head(torch.randn(10, 64))     # Categorical, batch (10,)
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        shape: torch.Size,
+        event_dim: int,
+        *,
+        kind: str,
+        num_categories: int,
+    ) -> None:
+        logits_shape = torch.Size(shape) + ((num_categories,) if kind == "categorical" else ())
+        super().__init__(num_features, logits_shape, event_dim)
+        self.kind = kind
+        self.logits = self._linear(torch.zeros(logits_shape))
+
+    def forward(self, features: torch.Tensor) -> dist.Distribution:
+        logits = self._output(self.logits, features)
+        if self.kind == "bernoulli":
+            return dist.Bernoulli(logits=logits).to_event(self.event_dim)
+        if self.kind == "categorical":
+            return dist.Categorical(logits=logits).to_event(self.event_dim)
+        return dist.OneHotCategorical(logits=logits).to_event(self.event_dim - 1)
+
+
+def discrete_quantiles(
+    distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
+    """Quantiles of a discrete head's distribution: per level, the smallest value
+    whose cumulative probability reaches it (one-hot values stay one-hot).
+
+    :returns: a tensor with a leading dimension over ``quantiles``.
+    """
+    while isinstance(distribution, dist.Independent):
+        distribution = distribution.base_dist
+    probs = distribution.probs
+    if isinstance(distribution, dist.Bernoulli):
+        probs = torch.stack([1 - probs, probs], -1)
+    levels = torch.as_tensor(quantiles, dtype=probs.dtype, device=probs.device)
+    cdf = probs.cumsum(-1)
+    below = cdf.unsqueeze(0) < levels.reshape((-1,) + (1,) * cdf.dim())
+    index = below.sum(-1).clamp(max=probs.shape[-1] - 1)
+    if isinstance(distribution, dist.OneHotCategorical):
+        return torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    return index.to(probs.dtype)
+
+
 class GlobalNormal(PyroModule):
     """Per-site Normal over a global site's unconstrained value, as Pyro's AutoNormal.
 

@@ -34,6 +34,7 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
+from torch.distributions.transforms import identity_transform
 
 from .transforms import bijection_to
 
@@ -78,6 +79,9 @@ class LatentSite:
     :param data_plate: the name of its data plate, ``None`` for a global site.
     :param point_batch_shape: for a local site, the batch shape of one data
         point (the site's batch shape without the data plate's dimension).
+    :param discrete: for a discrete local site the guide samples, its kind:
+        ``"bernoulli"``, ``"categorical"`` or ``"one_hot"``.
+    :param num_categories: the number of values of a discrete site.
     """
 
     name: str
@@ -87,6 +91,8 @@ class LatentSite:
     frames: tuple[CondIndepStackFrame, ...]
     data_plate: str | None = None
     point_batch_shape: torch.Size = torch.Size()
+    discrete: str | None = None
+    num_categories: int = 0
 
     @property
     def event_dim(self) -> int:
@@ -410,13 +416,37 @@ def _explicit_candidates(
     return candidates
 
 
+def discrete_kind(support: constraints.Constraint, event_shape: torch.Size) -> tuple[str, int]:
+    """The kind of amortized discrete head for a support and its number of values.
+
+    :raises NotImplementedError: for discrete supports without a head (counts).
+    """
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is constraints.boolean:
+        return "bernoulli", 2
+    if isinstance(support, type(constraints.integer_interval(0, 1))) and support.lower_bound == 0:
+        return "categorical", int(support.upper_bound) + 1
+    if support is constraints.one_hot:
+        return "one_hot", event_shape[-1]
+    raise NotImplementedError(f"no amortized head for support {support}")
+
+
 def _check_guidable(name: str, site: dict, plate: str | None, observed: dict) -> None:
-    if site["fn"].support.is_discrete:
-        raise ValueError(
-            f"Latent site '{name}' has discrete support and the model does not enumerate "
-            "it. Mark it with infer={'enumerate': 'parallel'} (or decorate the model "
-            "with pyro.infer.config_enumerate) and train with TraceEnum_ELBO."
-        )
+    fn = site["fn"]
+    if fn.support.is_discrete:
+        try:
+            discrete_kind(fn.support, fn.event_shape)
+        except NotImplementedError:
+            plate = None
+        if plate is None:
+            raise ValueError(
+                f"Latent site '{name}' has discrete support and the model does not "
+                "enumerate it; the guide has amortized heads only for local Bernoulli, "
+                "Categorical and OneHotCategorical sites. Mark it with "
+                "infer={'enumerate': 'parallel'} (or decorate the model with "
+                "pyro.infer.config_enumerate) and train with TraceEnum_ELBO."
+            )
     sequential = [f for f in site["cond_indep_stack"] if not f.vectorized]
     for frame in sequential:
         holds_data = any(frame in s["cond_indep_stack"] for s in observed.values())
@@ -433,8 +463,11 @@ def _latent_site(
 ) -> LatentSite:
     fn = site["fn"]
     support = fn.support
+    discrete, num_categories = None, 0
+    if support.is_discrete:
+        discrete, num_categories = discrete_kind(support, fn.event_shape)
     try:
-        transform = bijection_to(support)
+        transform = bijection_to(support) if discrete is None else identity_transform
     except NotImplementedError as error:
         raise ValueError(
             f"Latent site '{name}' has support {support}, which has no bijection from "
@@ -469,6 +502,8 @@ def _latent_site(
         site_frames,
         data_plate=plate,
         point_batch_shape=batch_shape[position + 1 :],
+        discrete=discrete,
+        num_categories=num_categories,
     )
 
 

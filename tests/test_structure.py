@@ -169,14 +169,17 @@ def test_missing_encoder_input():
         guide.encode(torch.zeros(5))
 
 
-def test_discrete_latent_the_model_does_not_enumerate():
+@pytest.mark.parametrize("where", ["local count", "global"])
+def test_discrete_latent_without_an_amortized_head(where):
     def model(x):
+        switch = pyro.sample("switch", dist.Bernoulli(0.5))
         with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("c", dist.Bernoulli(0.5))
-            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+            count = pyro.sample("count", dist.Poisson(3.0))
+            pyro.sample("x", dist.Normal(count + switch, 1.0), obs=x)
 
-    with pytest.raises(ValueError, match="discrete support.*infer=\\{'enumerate': 'parallel'\\}"):
-        AutoAmortizedGuide(model)(torch.zeros(3))
+    blocked = poutine.block(model, hide=["count" if where == "global" else "switch"])
+    with pytest.raises(ValueError, match="discrete support.*Bernoulli, Categorical"):
+        AutoAmortizedGuide(blocked)(torch.zeros(3))
 
 
 def test_support_without_a_bijection():
