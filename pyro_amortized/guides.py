@@ -134,7 +134,8 @@ class AutoAmortizedGuide(AutoGuide):
 
     Constrained supports are reached through a bijection with the correct
     log-det-Jacobian (:func:`~pyro_amortized.transforms.bijection_to`). Sites the
-    model enumerates are left to ``TraceEnum_ELBO``.
+    model enumerates are left to ``TraceEnum_ELBO``; discrete local sites it does
+    not enumerate (Bernoulli, Categorical, OneHotCategorical) get amortized logits.
 
     .. note:: Parameters are named after the guide's class, so two guides of the
         same class share param-store names unless
@@ -162,6 +163,12 @@ class AutoAmortizedGuide(AutoGuide):
         :mod:`pyro.infer.autoguide.initialization`); local heads start at the
         mean over data points of the initial unconstrained value.
     :param float init_scale: initial scale of every Normal.
+    :param site_families: family per local site, by name (see
+        :data:`LOCAL_FAMILIES`), overriding the class's family; for example
+        ``{"z": "multivariate_normal"}``.
+    :param enumerate_discrete: ``"parallel"`` or ``"sequential"`` to mark the
+        guide's discrete local sites for enumeration by ``TraceEnum_ELBO``;
+        ``None`` (default) samples them, with a score-function baseline.
     :param callable create_plates: optional function of the model's arguments
         returning plates to use instead of the ones the guide builds.
     """
@@ -609,6 +616,9 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
     :param encoder: an encoder module or a mapping from data plate to module.
     :param hidden_dims: hidden widths of the default encoder.
     :param callable init_loc_fn: per-site initialization.
+    :param site_families: family per local site (see :class:`AutoAmortizedGuide`).
+    :param enumerate_discrete: enumeration of discrete local sites (see
+        :class:`AutoAmortizedGuide`).
     :param callable create_plates: optional function returning plates to use.
     """
 
