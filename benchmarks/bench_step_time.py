@@ -1,4 +1,8 @@
-"""Time of one SVI step: AutoAmortizedGuide against a hand-written guide.
+"""Time of one SVI step: the amortized guides against hand-written guides.
+
+Each local family (``--families``: diagonal Normal, full and low-rank
+multivariate Normal, Delta) is compared with the hand-written guide of the same
+family.
 
 Both guides run on the same model (the digits VAE of
 :mod:`pyro_amortized.models`, minibatches drawn by a subsampled data plate) and
@@ -37,13 +41,14 @@ import pyro
 import torch
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
-from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized import AutoAmortizedGuide, AutoAmortizedLowRankMultivariateNormal
 from pyro_amortized.datasets import train_test_split_digits
 from pyro_amortized.models import Decoder, DigitsEncoderGuide, digits_vae_model
 
 LATENT_DIM = 10
 HIDDEN_DIM = 256
 BATCH_SIZE = 128
+RANK = 3
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,18 +64,31 @@ def parse_args() -> argparse.Namespace:
         help="process CPU time (default) or wall-clock time",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--families",
+        default="normal,multivariate_normal,lowrank_multivariate_normal,delta",
+        help="comma-separated local families to compare",
+    )
     return parser.parse_args()
 
 
-def make_svi(kind: str, elbo: Callable[[], object], x: torch.Tensor) -> SVI:
+def make_svi(kind: str, family: str, elbo: Callable[[], object], x: torch.Tensor) -> SVI:
     """An SVI object for one guide, with its own decoder name in the param store."""
     decoder = Decoder(LATENT_DIM, HIDDEN_DIM, x.shape[1])
     model = digits_vae_model(decoder, LATENT_DIM, batch_size=BATCH_SIZE, name=f"decoder_{kind}")
-    if kind == "ours":
-        guide = AutoAmortizedGuide(model, hidden_dims=(HIDDEN_DIM,))
+    if kind == "ours" and family == "lowrank_multivariate_normal":
+        guide = AutoAmortizedLowRankMultivariateNormal(model, hidden_dims=(HIDDEN_DIM,), rank=RANK)
+    elif kind == "ours":
+        guide = AutoAmortizedGuide(model, hidden_dims=(HIDDEN_DIM,), site_families={"z": family})
     else:
         guide = DigitsEncoderGuide(
-            x.shape[1], LATENT_DIM, HIDDEN_DIM, batch_size=BATCH_SIZE, name="hand_encoder"
+            x.shape[1],
+            LATENT_DIM,
+            HIDDEN_DIM,
+            batch_size=BATCH_SIZE,
+            name="hand_encoder",
+            family=family,
+            rank=RANK,
         )
     return SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo())
 
@@ -84,13 +102,13 @@ def time_block(svi: SVI, x: torch.Tensor, steps: int, clock: Callable[[], float]
 
 
 def bench(
-    elbo: Callable[[], object], x: torch.Tensor, args: argparse.Namespace
+    family: str, elbo: Callable[[], object], x: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, float]:
     """Median seconds per step of each guide, and the median ratio ours / hand."""
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    svis = {kind: make_svi(kind, elbo, x) for kind in ("ours", "hand")}
+    svis = {kind: make_svi(kind, family, elbo, x) for kind in ("ours", "hand")}
     for svi in svis.values():
         time_block(svi, x, args.warmup, clock)
     times: dict[str, list[float]] = {"ours": [], "hand": []}
@@ -130,21 +148,21 @@ def main() -> None:
         f"({platform.processor() or platform.machine()})"
     )
     results = {}
-    for name, elbo in elbos.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # JIT tracer warnings
-            results[name] = bench(elbo, x_train, args)
-        result = results[name]
-        print(
-            f"  {name}: ours {1e3 * result['ours']:.2f} ms, "
-            f"hand-written {1e3 * result['hand']:.2f} ms",
-            flush=True,
-        )
+    for family in args.families.split(","):
+        for name, elbo in elbos.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # JIT tracer warnings
+                result = results[family, name] = bench(family, elbo, x_train, args)
+            print(
+                f"  {family}, {name}: ours {1e3 * result['ours']:.2f} ms, "
+                f"hand-written {1e3 * result['hand']:.2f} ms",
+                flush=True,
+            )
 
-    header = ("ELBO", "AutoAmortizedGuide", "hand-written", "ratio", "ratio IQR")
+    header = ("family", "ELBO", "amortized guide", "hand-written", "ratio", "ratio IQR")
     rows = [
         (
-            name,
+            *name,
             f"{1e3 * result['ours']:.2f} ms",
             f"{1e3 * result['hand']:.2f} ms",
             f"{result['ratio']:.3f}",

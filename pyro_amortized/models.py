@@ -124,6 +124,12 @@ class DigitsEncoderGuide(nn.Module):
     :param hidden_dim: width of the encoder's hidden layer.
     :param batch_size: the model's minibatch size, or ``None``.
     :param name: the encoder's name in Pyro's param store.
+    :param family: the variational family, as the amortized guides name it:
+        ``"normal"`` (above), ``"multivariate_normal"`` (``scale_tril`` with a
+        softplus diagonal and a linear strict lower triangle),
+        ``"lowrank_multivariate_normal"`` (a linear ``latent_dim x rank`` factor
+        and a softplus diagonal) or ``"delta"``; the reference of each family.
+    :param rank: the factor's rank for ``"lowrank_multivariate_normal"``.
 
     Usage::
 
@@ -141,19 +147,42 @@ class DigitsEncoderGuide(nn.Module):
         *,
         batch_size: int | None = None,
         name: str = "digits_encoder",
+        family: str = "normal",
+        rank: int = 3,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.name = name
+        self.family = family
+        self.latent_dim = latent_dim
+        self.rank = rank
         self.trunk = nn.Sequential(nn.Linear(data_dim, hidden_dim), nn.ReLU())
         self.loc = nn.Linear(hidden_dim, latent_dim)
-        self.scale = nn.Linear(hidden_dim, latent_dim)
+        extra = {
+            "multivariate_normal": latent_dim * (latent_dim - 1) // 2,
+            "lowrank_multivariate_normal": latent_dim * rank,
+        }
+        if family != "delta":
+            self.scale = nn.Linear(hidden_dim, latent_dim)
+        if family in extra:
+            self.extra = nn.Linear(hidden_dim, extra[family])
 
     def encode(self, x: torch.Tensor) -> dist.Distribution:
         """``q(z_i | x_i)`` for every row of ``x``: batch shape ``(len(x),)``."""
         features = self.trunk(x)
+        loc = self.loc(features)
+        if self.family == "delta":
+            return dist.Delta(loc, event_dim=1)
         scale = softplus(self.scale(features)) + MIN_SCALE
-        return dist.Normal(self.loc(features), scale).to_event(1)
+        if self.family == "multivariate_normal":
+            rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim, -1)
+            scale_tril = torch.diag_embed(scale)
+            scale_tril[..., rows, cols] = self.extra(features)
+            return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        if self.family == "lowrank_multivariate_normal":
+            factor = self.extra(features).reshape(loc.shape + (self.rank,))
+            return dist.LowRankMultivariateNormal(loc, factor, scale)
+        return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: torch.Tensor) -> None:
         """Samples ``z`` for the rows of the minibatch, with the model's arguments."""
