@@ -293,9 +293,11 @@ class AutoAmortizedGuide(AutoGuide):
                 )
 
     def _plate_encoder(self, plate: str) -> nn.Module:
-        if isinstance(self._user_encoder, Mapping):
-            return self._user_encoder.get(plate) or MLPEncoder(self.hidden_dims)
-        return self._user_encoder or MLPEncoder(self.hidden_dims)
+        encoder = self._user_encoder
+        if isinstance(encoder, Mapping):
+            encoder = encoder.get(plate)
+        # Explicit None: an empty nn.Sequential is a valid encoder but is falsy.
+        return MLPEncoder(self.hidden_dims) if encoder is None else encoder
 
     def _init_unconstrained(self, site: LatentSite, node: dict, outer: frozenset) -> torch.Tensor:
         value = model_value(node, outer).detach()

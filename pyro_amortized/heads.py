@@ -28,6 +28,11 @@ def _inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
+def _raw_scale(scale: float) -> float:
+    """The pre-softplus value whose scale (with the floor added) is ``scale``."""
+    return _inverse_softplus(max(scale - MIN_SCALE, MIN_SCALE))
+
+
 class _LinearHead(nn.Module):
     """Shared plumbing: linear maps from features to tensors of a fixed shape."""
 
@@ -38,11 +43,8 @@ class _LinearHead(nn.Module):
         self.num_features = num_features
 
     def _linear(self, bias: torch.Tensor) -> nn.Linear:
-        """A linear map whose output starts at ``bias`` whatever the features."""
-        return self._sized_linear(bias)
-
-    def _sized_linear(self, bias: torch.Tensor) -> nn.Linear:
-        """A linear map to ``bias.numel()`` outputs that starts at ``bias``."""
+        """A linear map to ``bias.numel()`` outputs that starts at ``bias``
+        whatever the features (zero weights)."""
         layer = nn.Linear(self.num_features, bias.numel())
         with torch.no_grad():
             layer.weight.zero_()
@@ -81,7 +83,7 @@ class NormalHead(_LinearHead):
     ) -> None:
         super().__init__(num_features, shape, event_dim)
         self.loc = self._linear(init_loc)
-        raw_scale = _inverse_softplus(max(init_scale - MIN_SCALE, MIN_SCALE))
+        raw_scale = _raw_scale(init_scale)
         self.scale = self._linear(torch.full(self.shape, raw_scale))
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
@@ -169,12 +171,12 @@ class MultivariateNormalHead(_CorrelatedHead):
         init_scale: float,
     ) -> None:
         super().__init__(num_features, shape, event_dim)
-        self.loc = self._sized_linear(init_loc.reshape(self.batch_shape + (self.size,)))
-        raw_scale = _inverse_softplus(max(init_scale - MIN_SCALE, MIN_SCALE))
-        self.diagonal = self._sized_linear(torch.full(self.batch_shape + (self.size,), raw_scale))
+        self.loc = self._linear(init_loc.reshape(self.batch_shape + (self.size,)))
+        raw_scale = _raw_scale(init_scale)
+        self.diagonal = self._linear(torch.full(self.batch_shape + (self.size,), raw_scale))
         num_off_diagonal = self.size * (self.size - 1) // 2
         self.off_diagonal = (
-            self._sized_linear(torch.zeros(self.batch_shape + (num_off_diagonal,)))
+            self._linear(torch.zeros(self.batch_shape + (num_off_diagonal,)))
             if num_off_diagonal
             else None
         )
@@ -221,12 +223,12 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
     ) -> None:
         super().__init__(num_features, shape, event_dim)
         self.rank = rank or max(1, int(round(self.size**0.5)))
-        self.loc = self._sized_linear(init_loc.reshape(self.batch_shape + (self.size,)))
+        self.loc = self._linear(init_loc.reshape(self.batch_shape + (self.size,)))
         diagonal = _inverse_softplus(max(init_scale**2 / 2, MIN_SCALE))
-        self.diagonal = self._sized_linear(torch.full(self.batch_shape + (self.size,), diagonal))
+        self.diagonal = self._linear(torch.full(self.batch_shape + (self.size,), diagonal))
         # A nonzero start: at F = 0 the gradient with respect to F vanishes.
         factor = torch.randn(self.batch_shape + (self.size * self.rank,))
-        self.factor = self._sized_linear(factor * init_scale / (2 * self.rank) ** 0.5)
+        self.factor = self._linear(factor * init_scale / (2 * self.rank) ** 0.5)
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
         loc = self._outputs(self.loc, features, self.size)
