@@ -7,6 +7,7 @@ from .guides import (
     AutoAmortizedLowRankMultivariateNormal,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
+    AutoAmortizedNormalizingFlow,
 )
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "AutoAmortizedLowRankMultivariateNormal",
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
+    "AutoAmortizedNormalizingFlow",
     "MLPEncoder",
 ]
 __version__ = "0.1.0"

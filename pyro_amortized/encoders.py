@@ -100,7 +100,8 @@ def plate_inputs(
         if not value.is_floating_point():
             value = value.to(torch.get_default_dtype())
         inputs.append(value)
-    rows = {value.shape[0] for value in inputs}
+    # int(): under torch.jit tracing sizes are tensors, which a set keeps apart.
+    rows = {int(value.shape[0]) for value in inputs}
     if len(rows) > 1:
         raise ValueError(
             f"The inputs of plate '{plate.name}' ({', '.join(plate.inputs)}) have different "

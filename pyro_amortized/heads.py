@@ -10,14 +10,16 @@ A family of guides is a choice of head and global parameter module.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions import transforms as T
 from pyro.nn import PyroModule, PyroParam
 from torch import nn
-from torch.distributions.transforms import ReshapeTransform
+from torch.distributions.transforms import ReshapeTransform, Transform
 from torch.nn.functional import softplus
 
 MIN_SCALE = 1e-5
@@ -139,7 +141,7 @@ class _CorrelatedHead(_LinearHead):
         if self.event_shape == (self.size,):
             return gaussian
         return dist.TransformedDistribution(
-            gaussian, [ReshapeTransform((self.size,), self.event_shape)]
+            gaussian, [ReshapeTransform((self.size,), self.event_shape, cache_size=1)]
         )
 
 
@@ -235,6 +237,116 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
         diagonal = softplus(self._outputs(self.diagonal, features, self.size)) + MIN_SCALE
         factor = self._outputs(self.factor, features, self.size, self.rank)
         return self._reshaped(dist.LowRankMultivariateNormal(loc, factor, diagonal))
+
+
+FLOWS = ("spline", "iaf")
+"""The conditional flows :class:`FlowHead` stacks."""
+
+
+def _conditional_flow(
+    flow: str, size: int, num_features: int, hidden_dims: list[int], count_bins: int
+) -> nn.Module:
+    """One conditional flow layer over a vector of ``size`` given ``num_features``,
+    starting near the identity whatever the features: the conditioner's last
+    layer starts at zero (uniform spline bins, or a zero shift and unit scale),
+    so a fresh flow cannot throw samples far from the affine map's start."""
+    if flow == "spline" and size == 1:
+        layer = T.conditional_spline(1, num_features, hidden_dims, count_bins=count_bins)
+    elif flow == "spline":
+        layer = T.conditional_spline_autoregressive(
+            size, num_features, hidden_dims, count_bins=count_bins
+        )
+    else:
+        with warnings.catch_warnings():
+            # In one dimension an autoregressive affine map is an affine map of
+            # the features, which is what it should be; Pyro warns all the same.
+            warnings.filterwarnings("ignore", "ConditionalAutoRegressiveNN input_dim = 1")
+            layer = T.conditional_affine_autoregressive(size, num_features, hidden_dims)
+    last = layer.nn.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return layer
+
+
+class FlowHead(_CorrelatedHead):
+    """Conditional normalizing flow per data point over a site's unconstrained
+    event: standard Normal noise ``u``, ``num_flows`` conditional flows whose
+    context is the encoder's features, then an affine map whose ``loc`` and
+    ``softplus`` scale are linear in the features,
+    ``z = loc + scale * f_K(... f_1(u; h) ...; h)``.
+
+    ``flow="spline"`` uses Pyro's rational-quadratic neural splines (elementwise
+    in one dimension, autoregressive in several), which can put mass on several
+    modes; ``flow="iaf"`` uses affine autoregressive flows (an inverse
+    autoregressive flow), which in one dimension is an affine map. Between layers
+    the coordinates are reversed.
+
+    :param num_features: size of the encoder's features.
+    :param shape: per-point batch shape + unconstrained event shape.
+    :param event_dim: number of event dimensions at the right of ``shape``.
+    :param init_loc: initial location, of shape ``shape``.
+    :param init_scale: initial scale of the final affine map.
+    :param flow: ``"spline"`` or ``"iaf"``.
+    :param num_flows: number of flow layers.
+    :param hidden_dims: hidden widths of each layer's conditioner network; by
+        default one layer as wide as the features.
+    :param count_bins: spline segments per coordinate.
+
+    Usage::
+
+        head = FlowHead(64, torch.Size([1]), 1, init_loc=torch.zeros(1), init_scale=1.0)
+        q = head(torch.randn(10, 64))     # batch (10,), event (1,)
+        z = q.rsample()
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        shape: torch.Size,
+        event_dim: int,
+        *,
+        init_loc: torch.Tensor,
+        init_scale: float,
+        flow: str = "spline",
+        num_flows: int = 2,
+        hidden_dims: Sequence[int] | None = None,
+        count_bins: int = 8,
+    ) -> None:
+        super().__init__(num_features, shape, event_dim)
+        self.loc = self._linear(init_loc.reshape(self.batch_shape + (self.size,)))
+        raw_scale = _raw_scale(init_scale)
+        self.scale = self._linear(torch.full(self.batch_shape + (self.size,), raw_scale))
+        hidden = list(hidden_dims) if hidden_dims is not None else [num_features]
+        self.flow = flow
+        self.flows = nn.ModuleList(
+            _conditional_flow(flow, self.size, num_features, hidden, count_bins)
+            for _ in range(num_flows)
+        )
+        self.register_buffer("reversal", torch.arange(self.size - 1, -1, -1))
+
+    def forward(self, features: torch.Tensor) -> dist.Distribution:
+        if self.flow == "spline" and torch.jit.is_tracing():
+            raise NotImplementedError(
+                "Pyro's spline flows select the values inside the spline's interval by "
+                "masking, which torch.jit cannot trace. Train spline flows with "
+                "Trace_ELBO (or another ELBO without JIT), or use flow='iaf'."
+            )
+        loc = self._outputs(self.loc, features, self.size)
+        scale = softplus(self._outputs(self.scale, features, self.size)) + MIN_SCALE
+        context = features.reshape(
+            features.shape[:-1] + (1,) * len(self.batch_shape) + features.shape[-1:]
+        ).expand(loc.shape[:-1] + features.shape[-1:])
+        transforms = []
+        for layer, flow in enumerate(self.flows):
+            if layer and self.size > 1:
+                transforms.append(T.Permute(self.reversal, cache_size=1))
+            transforms.append(flow.condition(context))
+        # Cached: the log density of a sample reuses the forward pass instead
+        # of inverting the splines numerically.
+        transforms.append(T.AffineTransform(loc, scale, event_dim=1, cache_size=1))
+        noise = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
+        return self._reshaped(dist.TransformedDistribution(noise, transforms))
 
 
 class DiscreteHead(_LinearHead):
@@ -337,15 +449,28 @@ class GlobalDelta(PyroModule):
         return dist.Delta(self.loc, event_dim=self.event_dim)
 
 
-def marginal_loc_scale(distribution: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each coordinate's marginal location (median) and standard deviation under a
-    head's Gaussian or Delta distribution, in the shape of its values."""
+def _gaussian(distribution: dist.Distribution) -> tuple[dist.Distribution, Transform | None]:
+    """A head's Gaussian or Delta distribution and its reshape, or ``(None, None)``
+    for a distribution with no closed-form marginals (a flow)."""
     reshape = None
     if isinstance(distribution, dist.TransformedDistribution):
+        if len(distribution.transforms) != 1 or not isinstance(
+            distribution.transforms[0], ReshapeTransform
+        ):
+            return None, None
         (reshape,) = distribution.transforms
         distribution = distribution.base_dist
     while isinstance(distribution, dist.Independent):
         distribution = distribution.base_dist
+    if isinstance(distribution, dist.TransformedDistribution):
+        return None, None
+    return distribution, reshape
+
+
+def marginal_loc_scale(distribution: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each coordinate's marginal location (median) and standard deviation under a
+    head's Gaussian or Delta distribution, in the shape of its values."""
+    distribution, reshape = _gaussian(distribution)
     if isinstance(distribution, dist.Delta):
         loc, scale = distribution.v, torch.zeros_like(distribution.v)
     else:
@@ -355,14 +480,31 @@ def marginal_loc_scale(distribution: dist.Distribution) -> tuple[torch.Tensor, t
     return loc, scale
 
 
+NUM_QUANTILE_SAMPLES = 4096
+"""Samples behind the Monte Carlo quantiles of a flow."""
+
+
 def unconstrained_quantiles(
     distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
-    """Coordinate-wise quantiles of a head's distribution (marginals for the
-    correlated families).
+    """Coordinate-wise quantiles of a head's distribution: exact marginals for the
+    Gaussian families, and for a flow empirical quantiles of
+    :data:`NUM_QUANTILE_SAMPLES` samples drawn with a fixed seed (repeatable,
+    leaving the global random state untouched).
 
     :returns: a tensor with a leading dimension over ``quantiles``.
     """
+    if _gaussian(distribution)[0] is None:
+        noise = distribution
+        while isinstance(noise, (dist.TransformedDistribution, dist.Independent)):
+            noise = noise.base_dist
+        device = noise.mean.device
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            samples = distribution.sample((NUM_QUANTILE_SAMPLES,))
+        levels = torch.as_tensor(quantiles, dtype=samples.dtype, device=samples.device)
+        return torch.quantile(samples, levels, dim=0)
     loc, scale = marginal_loc_scale(distribution)
     levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
     standard = dist.Normal(0.0, 1.0).icdf(levels).reshape((-1,) + (1,) * loc.dim())

@@ -43,6 +43,7 @@ from pyro_amortized import (
     AutoAmortizedLowRankMultivariateNormal,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
+    AutoAmortizedNormalizingFlow,
     MLPEncoder,
 )
 
@@ -51,6 +52,7 @@ FAMILIES = [
     AutoAmortizedDelta,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedLowRankMultivariateNormal,
+    AutoAmortizedNormalizingFlow,
 ]
 
 MODELS = {
@@ -230,10 +232,17 @@ ELBOS = {
 @pytest.mark.parametrize("elbo", ELBOS)
 def test_elbos_train(family, elbo):
     x = factor_data(200)
-    guide = family(factor_model)
+    jit_spline = family is AutoAmortizedNormalizingFlow and elbo == "JitTrace_ELBO"
+    guide = family(factor_model, flow="iaf") if jit_spline else family(factor_model)
     losses = train(factor_model, guide, x, steps=300, lr=0.02, elbo=ELBOS[elbo]())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert decrease(losses, window=50) < 0
+
+
+def test_spline_flows_under_jit_raise_a_clear_error():
+    guide = AutoAmortizedNormalizingFlow(factor_model)
+    with pytest.raises(NotImplementedError, match="flow='iaf'"):
+        train(factor_model, guide, factor_data(50), steps=1, elbo=ELBOS["JitTrace_ELBO"]())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -449,7 +458,7 @@ def _trained(family=AutoAmortizedGuide):
 def _assert_same_encoding(guide, other, x):
     assert torch.equal(guide.median(x)["z"], other.median(x)["z"])
     q, other_q = guide.encode(x)["z"], other.encode(x)["z"]
-    value = q.sample()
+    value = q.sample() + 0.0  # a new tensor: no cached transform pass to reuse
     assert torch.equal(q.log_prob(value), other_q.log_prob(value))
 
 
@@ -520,6 +529,21 @@ def test_site_families_errors():
         guide(factor_data(5))
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         AutoAmortizedLowRankMultivariateNormal(factor_model, rank=0)
+    with pytest.raises(ValueError, match="flow must be one of spline, iaf"):
+        AutoAmortizedNormalizingFlow(factor_model, flow="maf")
+    with pytest.raises(ValueError, match="num_flows must be a positive integer"):
+        AutoAmortizedNormalizingFlow(factor_model, num_flows=0)
+
+
+def test_site_families_naming_a_discrete_site_is_an_error():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            label = pyro.sample("label", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(label, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model, site_families={"label": "normal"})
+    with pytest.raises(ValueError, match=r"discrete sites \['label'\].*amortized logits"):
+        guide(torch.randn(5))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
