@@ -56,6 +56,14 @@ from .structure import (
     warn_if_nothing_to_amortize,
 )
 from .transforms import bijection_to
+from .upstream import (
+    Dependencies,
+    check_dependencies,
+    coupled_sites,
+    head_input,
+    per_point,
+    upstream_sites,
+)
 
 _RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
 
@@ -176,6 +184,12 @@ class AutoAmortizedGuide(AutoGuide):
     :param site_families: family per local site, by name (see
         :data:`LOCAL_FAMILIES`), overriding the class's family; for example
         ``{"z": "multivariate_normal"}``.
+    :param dependencies: which sites each local site's head reads besides the
+        data: ``"model"`` (default) reads the global sites and the earlier local
+        sites of its data plate that the model's posterior couples with it
+        (:func:`pyro.infer.inspect.get_dependencies`), the pattern ``q(y | x)``
+        then ``q(z | x, y)``; ``"mean_field"`` reads only the data; a mapping
+        ``{site: [names]}`` names them (sites it leaves out read only the data).
     :param enumerate_discrete: ``"parallel"`` or ``"sequential"`` to mark the
         guide's discrete local sites for enumeration by ``TraceEnum_ELBO``;
         ``None`` (default) samples them, with a score-function baseline.
@@ -195,6 +209,7 @@ class AutoAmortizedGuide(AutoGuide):
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
         site_families: Mapping[str, str] | None = None,
+        dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
@@ -209,6 +224,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._init_scale = float(init_scale)
         self._check_options(amortize_on, encoder, hidden_dims, init_loc_fn)
         self.site_families = _check_site_families(site_families)
+        self.dependencies = check_dependencies(dependencies)
         super().__init__(model, create_plates=create_plates)
         self.amortize_on = amortize_on
         self.hidden_dims = tuple(hidden_dims)
@@ -220,6 +236,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._locations: dict[str, ArgumentLocation] = {}
         self._transforms: dict[str, Transform] = {}
         self._plate_sizes: dict[tuple, dict[str, tuple[int, int]]] = {}
+        self._upstream: dict[str, tuple[str, ...]] = {}
 
     @staticmethod
     def _check_options(
@@ -261,6 +278,13 @@ class AutoAmortizedGuide(AutoGuide):
         structure = self._require_structure()
         return {name: plate.inputs for name, plate in structure.data_plates.items()}
 
+    @property
+    def upstream_sites(self) -> dict[str, tuple[str, ...]]:
+        """Local site -> the sites its head reads besides the data (after the
+        first call); sites that read only the data are left out."""
+        self._require_structure()
+        return dict(self._upstream)
+
     def _require_structure(self) -> ModelStructure:
         if self._structure is None:
             raise RuntimeError(
@@ -276,6 +300,8 @@ class AutoAmortizedGuide(AutoGuide):
         warn_if_nothing_to_amortize(structure)
         self._check_encoder_plates(structure)
         _check_family_sites(self.site_families, structure)
+        coupled = coupled_sites(self.model, args, kwargs) if self.dependencies == "model" else {}
+        self._upstream = upstream_sites(structure, self.dependencies, coupled)
         self._transforms = {
             name: bijection_to(site.support)
             for name, site in structure.sites.items()
@@ -324,10 +350,13 @@ class AutoAmortizedGuide(AutoGuide):
         encoder = self._plate_encoder(plate.name)
         inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
         with torch.no_grad():
-            num_features = encode_features(encoder, inputs).shape[-1]
+            features = encode_features(encoder, inputs)
         self.network.encoders[_module_key(plate.name)] = encoder
         for name in plate.sites:
             site = structure.sites[name]
+            upstream = {u: model_value(trace.nodes[u], outer) for u in self._upstream.get(name, ())}
+            pieces = self._upstream_pieces(structure, plate, name, upstream)
+            num_features = head_input(features, pieces).shape[-1]
             if site.discrete is not None:
                 head = DiscreteHead(
                     num_features,
@@ -468,9 +497,30 @@ class AutoAmortizedGuide(AutoGuide):
                 features = encode_features(encoders[_module_key(plate.name)], inputs)
                 for name in plate.sites:
                     site = self._structure.sites[name]
+                    head = heads[_module_key(name)]
                     with self._inner_plates(site, plates):
-                        result[name] = self._sample(site, heads[_module_key(name)](features))
+                        inputs = self._head_input(features, plate, name, result)
+                        result[name] = self._sample(site, head(inputs))
         return result
+
+    def _head_input(
+        self, features: torch.Tensor, plate: DataPlate, name: str, values: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The encoder's features and the values of the sites the head reads, in
+        unconstrained space (logs of scales, not the scales)."""
+        return head_input(features, self._upstream_pieces(self._structure, plate, name, values))
+
+    def _upstream_pieces(
+        self, structure: ModelStructure, plate: DataPlate, name: str, values: dict
+    ) -> list[torch.Tensor]:
+        return [
+            per_point(self._unconstrain(u, values[u]), structure.sites[u], plate.dim)
+            for u in self._upstream.get(name, ())
+        ]
+
+    def _unconstrain(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        transform = self._transforms.get(name)  # none for a discrete site
+        return value if transform is None else transform.inv(value)
 
     def _sample_globals(self, plates: dict[str, pyro.plate]) -> dict[str, torch.Tensor]:
         result = {}
@@ -524,22 +574,34 @@ class AutoAmortizedGuide(AutoGuide):
 
     # ----------------------------------------------------------------- test time
 
-    def _local_unconstrained(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
-        """Each local site's unconstrained distribution for every row of the data."""
+    def _local_unconstrained(self, args: tuple, kwargs: dict) -> dict[str, dist.Distribution]:
+        """Each local site's unconstrained distribution for every row of the data;
+        a head that reads other sites is given their medians."""
         structure = self._require_structure()
+        read = {u for inputs in self._upstream.values() for u in inputs}
+        values = {
+            name: self._site_quantiles(name, distribution, [0.5])[0]
+            for name, distribution in self._global_unconstrained().items()
+            if name in read
+        }
         result = {}
         for plate in structure.data_plates.values():
             inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), None, None)
             features = encode_features(self.network.encoders[_module_key(plate.name)], inputs)
             for name in plate.sites:
-                result[name] = self.network.heads[_module_key(name)](features)
+                head = self.network.heads[_module_key(name)]
+                result[name] = head(self._head_input(features, plate, name, values))
+                if name in read:
+                    values[name] = self._site_quantiles(name, result[name], [0.5])[0]
         return result
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
         """The local posterior of every row of the data in ``args``: one forward pass.
 
         Takes the model's arguments. The data plates are not subsampled, and no
-        parameter is registered in Pyro's param store.
+        parameter is registered in Pyro's param store. A head that reads other
+        sites (see ``dependencies``) is given their medians; for other values,
+        condition the guide (``poutine.condition``) and read its trace.
 
         :return: a dict from local site name to a distribution over its
             constrained value, with batch shape ``(num_rows, *point_batch_shape)``,
@@ -547,7 +609,7 @@ class AutoAmortizedGuide(AutoGuide):
         """
         return {
             name: self._constrained(unconstrained, self._structure.sites[name])
-            for name, unconstrained in self._local_unconstrained(*args, **kwargs).items()
+            for name, unconstrained in self._local_unconstrained(args, kwargs).items()
         }
 
     def _global_unconstrained(self) -> dict[str, dist.Distribution]:
@@ -559,9 +621,9 @@ class AutoAmortizedGuide(AutoGuide):
             for name in structure.global_sites
         }
 
-    def _all_unconstrained(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
+    def _all_unconstrained(self, args: tuple, kwargs: dict) -> dict[str, dist.Distribution]:
         result = self._global_unconstrained()
-        result.update(self._local_unconstrained(*args, **kwargs))
+        result.update(self._local_unconstrained(args, kwargs))
         return result
 
     @torch.no_grad()
@@ -574,7 +636,7 @@ class AutoAmortizedGuide(AutoGuide):
         """
         return {
             name: self._site_quantiles(name, unconstrained, [0.5])[0]
-            for name, unconstrained in self._all_unconstrained(*args, **kwargs).items()
+            for name, unconstrained in self._all_unconstrained(args, kwargs).items()
         }
 
     @torch.no_grad()
@@ -595,7 +657,7 @@ class AutoAmortizedGuide(AutoGuide):
         """
         return {
             name: self._site_quantiles(name, unconstrained, quantiles)
-            for name, unconstrained in self._all_unconstrained(*args, **kwargs).items()
+            for name, unconstrained in self._all_unconstrained(args, kwargs).items()
         }
 
     def _site_quantiles(
@@ -648,6 +710,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
         site_families: Mapping[str, str] | None = None,
+        dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
@@ -658,6 +721,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             hidden_dims=hidden_dims,
             init_loc_fn=init_loc_fn,
             site_families=site_families,
+            dependencies=dependencies,
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
         )
@@ -714,6 +778,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
         site_families: Mapping[str, str] | None = None,
+        dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
@@ -728,6 +793,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
             init_loc_fn=init_loc_fn,
             init_scale=init_scale,
             site_families=site_families,
+            dependencies=dependencies,
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
         )
@@ -775,6 +841,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
         site_families: Mapping[str, str] | None = None,
+        dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
     ) -> None:
@@ -792,6 +859,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
             init_loc_fn=init_loc_fn,
             init_scale=init_scale,
             site_families=site_families,
+            dependencies=dependencies,
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
         )

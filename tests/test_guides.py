@@ -387,7 +387,9 @@ def test_custom_encoder_reads_each_input_in_its_own_shape():
     covariates, y = regression_data(12)
     guide(covariates, y)
     assert encoder.calls[-1] == ((12, 3), (12,))
-    assert guide.network.heads["effect"].loc.in_features == 8
+    # The encoder's 8 features and the 3 global coefficients the posterior couples.
+    assert guide.upstream_sites == {"effect": ("coef",), "scale": ("coef", "effect")}
+    assert guide.network.heads["effect"].loc.in_features == 8 + 3
     assert guide.network.encoders["units"] is encoder
 
 

@@ -1,0 +1,156 @@
+"""Structured local posteriors: what a local site's head reads besides the data.
+
+A local site's head may read the sampled values of global sites and of local
+sites sampled before it in the same data plate, the pattern ``q(y | x)`` then
+``q(z | x, y)``. Which sites a head reads comes from the posterior dependency
+structure of the model (:func:`pyro.infer.inspect.get_dependencies`): two latent
+sites the posterior couples are linked, and the later site in the guide's order
+(globals first, then each data plate's sites in model order) reads the earlier.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from pyro import poutine
+from pyro.infer.inspect import get_dependencies
+from torch.nn.functional import one_hot
+
+from .structure import LatentSite, ModelStructure
+
+Dependencies = str | Mapping[str, Sequence[str]]
+"""``"model"`` (read what the posterior couples), ``"mean_field"`` (read
+nothing) or ``{local site: [names of the sites it reads]}``."""
+
+
+def check_dependencies(dependencies: Dependencies) -> Dependencies:
+    """Validates the ``dependencies`` option of the guides.
+
+    :raises ValueError: if it is neither ``"model"``, ``"mean_field"`` nor a
+        mapping from site names to lists of site names.
+    """
+    if dependencies in ("model", "mean_field"):
+        return dependencies
+    if isinstance(dependencies, Mapping) and all(
+        isinstance(names, Sequence) and not isinstance(names, str)
+        for names in dependencies.values()
+    ):
+        return {site: tuple(names) for site, names in dependencies.items()}
+    raise ValueError(
+        "dependencies must be 'model', 'mean_field' or a mapping {local site: [sites "
+        f"it reads]}}, but got {dependencies!r}."
+    )
+
+
+def coupled_sites(model: Callable, args: tuple, kwargs: dict) -> dict[str, set[str]]:
+    """Pairs of sites that the model's posterior couples, both ways round.
+
+    Falls back to no coupling, with a warning, when Pyro cannot read the
+    dependencies of the model.
+    """
+    try:
+        # Blocked: the handlers of the call in progress (an ELBO's trace,
+        # enumeration, particle plates) must not see this extra model run.
+        dependencies = poutine.block(get_dependencies)(model, args, kwargs)
+        posterior = dependencies["posterior_dependencies"]
+    except Exception as error:  # noqa: BLE001 - any failure means: no structure known
+        warnings.warn(
+            f"Could not read the model's dependency structure ({type(error).__name__}: "
+            f"{error}); local heads read only the data. Pass dependencies='mean_field' "
+            "to silence this, or name each local site's inputs.",
+            stacklevel=4,
+        )
+        return {}
+    coupled: dict[str, set[str]] = {}
+    for site, others in posterior.items():
+        for other in others:
+            if other != site:
+                coupled.setdefault(site, set()).add(other)
+                coupled.setdefault(other, set()).add(site)
+    return coupled
+
+
+def readable_sites(structure: ModelStructure, name: str) -> list[str]:
+    """The sites a local site's head can read: the global sites and the local
+    sites sampled before it in its data plate."""
+    plate = structure.data_plates[structure.sites[name].data_plate]
+    earlier = plate.sites[: plate.sites.index(name)]
+    return list(structure.global_sites) + list(earlier)
+
+
+def upstream_sites(
+    structure: ModelStructure,
+    dependencies: Dependencies,
+    coupled: Mapping[str, set[str]],
+) -> dict[str, tuple[str, ...]]:
+    """For each local site, the sites its head reads, in the guide's order.
+
+    :param structure: the model's structure.
+    :param dependencies: the validated option (see :func:`check_dependencies`).
+    :param coupled: the model's posterior couplings (see :func:`coupled_sites`);
+        used when ``dependencies == "model"``.
+    :raises ValueError: if a mapping names a site that is not local, or inputs
+        that its head cannot read.
+    """
+    if dependencies == "mean_field":
+        return {}
+    if dependencies == "model":
+        return {
+            name: inputs
+            for name in structure.local_sites
+            if (
+                inputs := tuple(
+                    s for s in readable_sites(structure, name) if s in coupled.get(name, ())
+                )
+            )
+        }
+    unknown = sorted(set(dependencies) - set(structure.local_sites))
+    if unknown:
+        raise ValueError(
+            f"dependencies names {unknown}, which are not local latent sites of the model. "
+            f"Its local sites are: {', '.join(structure.local_sites) or 'none'}."
+        )
+    for name, inputs in dependencies.items():
+        readable = readable_sites(structure, name)
+        unreadable = [site for site in inputs if site not in readable]
+        if unreadable:
+            raise ValueError(
+                f"dependencies lets local site '{name}' read {unreadable}, but its head can "
+                "read only global sites and local sites of its data plate sampled before "
+                f"it: {', '.join(readable) or 'none'}."
+            )
+    return {name: tuple(inputs) for name, inputs in dependencies.items() if inputs}
+
+
+def per_point(value: torch.Tensor, site: LatentSite, plate_dim: int) -> torch.Tensor:
+    """A site value as head input for a data plate at batch dim ``plate_dim``:
+    shape ``(*left, rows, size)``, where ``left`` are the batch dimensions left of
+    the plate (particles, enumeration), ``rows`` is one per data point for a
+    local site (or 1 under enumeration) and 1 for a global site, and ``size`` the
+    flattened rest.
+
+    :param value: the site's unconstrained value (its value itself for a
+        discrete site; categorical values are one-hot encoded).
+    """
+    event_dim = len(site.event_shape if site.discrete else site.unconstrained_event_shape)
+    if site.discrete == "categorical":
+        value = one_hot(value.long(), site.num_categories)
+        event_dim += 1
+    value = value if value.is_floating_point() else value.to(torch.get_default_dtype())
+    position = value.dim() - event_dim + plate_dim
+    if site.data_plate is None:
+        left = value.shape[: max(position, 0)]
+        return value.reshape(left + (1, -1))
+    return value.reshape(value.shape[: position + 1] + (-1,))
+
+
+def head_input(features: torch.Tensor, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The encoder's features and the upstream values side by side, broadcast
+    over their leading dimensions."""
+    if not pieces:
+        return features
+    tensors = [features, *pieces]
+    batch = torch.broadcast_shapes(*(tensor.shape[:-1] for tensor in tensors))
+    return torch.cat([tensor.expand(batch + tensor.shape[-1:]) for tensor in tensors], -1)
