@@ -1,8 +1,8 @@
 """Time of one SVI step: the amortized guides against hand-written guides.
 
 Each local family (``--families``: diagonal Normal, full and low-rank
-multivariate Normal, Delta) is compared with the hand-written guide of the same
-family.
+multivariate Normal, Delta, normalizing flow with ``flow="iaf"``) is compared
+with the hand-written guide of the same family.
 
 Both guides run on the same model (the digits VAE of
 :mod:`pyro_amortized.models`, minibatches drawn by a subsampled data plate) and
@@ -41,7 +41,11 @@ import pyro
 import torch
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
-from pyro_amortized import AutoAmortizedGuide, AutoAmortizedLowRankMultivariateNormal
+from pyro_amortized import (
+    AutoAmortizedGuide,
+    AutoAmortizedLowRankMultivariateNormal,
+    AutoAmortizedNormalizingFlow,
+)
 from pyro_amortized.datasets import train_test_split_digits
 from pyro_amortized.models import Decoder, DigitsEncoderGuide, digits_vae_model
 
@@ -66,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--families",
-        default="normal,multivariate_normal,lowrank_multivariate_normal,delta",
+        default="normal,multivariate_normal,lowrank_multivariate_normal,delta,normalizing_flow",
         help="comma-separated local families to compare",
     )
     return parser.parse_args()
@@ -78,6 +82,8 @@ def make_svi(kind: str, family: str, elbo: Callable[[], object], x: torch.Tensor
     model = digits_vae_model(decoder, LATENT_DIM, batch_size=BATCH_SIZE, name=f"decoder_{kind}")
     if kind == "ours" and family == "lowrank_multivariate_normal":
         guide = AutoAmortizedLowRankMultivariateNormal(model, hidden_dims=(HIDDEN_DIM,), rank=RANK)
+    elif kind == "ours" and family == "normalizing_flow":  # IAF: JitTrace_ELBO traces it
+        guide = AutoAmortizedNormalizingFlow(model, hidden_dims=(HIDDEN_DIM,), flow="iaf")
     elif kind == "ours":
         guide = AutoAmortizedGuide(model, hidden_dims=(HIDDEN_DIM,), site_families={"z": family})
     else:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import transforms as T
 from pyro.infer import Trace_ELBO
 from torch import nn
 from torch.nn.functional import softplus
@@ -128,7 +129,10 @@ class DigitsEncoderGuide(nn.Module):
         ``"normal"`` (above), ``"multivariate_normal"`` (``scale_tril`` with a
         softplus diagonal and a linear strict lower triangle),
         ``"lowrank_multivariate_normal"`` (a linear ``latent_dim x rank`` factor
-        and a softplus diagonal) or ``"delta"``; the reference of each family.
+        and a softplus diagonal), ``"normalizing_flow"`` (two conditional affine
+        autoregressive flows on the features, reversed between them, then the
+        affine map of ``"normal"``, as ``AutoAmortizedNormalizingFlow(flow="iaf")``)
+        or ``"delta"``; the reference of each family.
     :param rank: the factor's rank for ``"lowrank_multivariate_normal"``.
 
     Usage::
@@ -166,6 +170,11 @@ class DigitsEncoderGuide(nn.Module):
             self.scale = nn.Linear(hidden_dim, latent_dim)
         if family in extra:
             self.extra = nn.Linear(hidden_dim, extra[family])
+        if family == "normalizing_flow":
+            self.flows = nn.ModuleList(
+                T.conditional_affine_autoregressive(latent_dim, hidden_dim, [hidden_dim])
+                for _ in range(2)
+            )
 
     def encode(self, x: torch.Tensor) -> dist.Distribution:
         """``q(z_i | x_i)`` for every row of ``x``: batch shape ``(len(x),)``."""
@@ -182,6 +191,12 @@ class DigitsEncoderGuide(nn.Module):
         if self.family == "lowrank_multivariate_normal":
             factor = self.extra(features).reshape(loc.shape + (self.rank,))
             return dist.LowRankMultivariateNormal(loc, factor, scale)
+        if self.family == "normalizing_flow":
+            reversal = torch.arange(self.latent_dim - 1, -1, -1)
+            first, second = (flow.condition(features) for flow in self.flows)
+            transforms = [first, T.Permute(reversal), second, T.AffineTransform(loc, scale, 1)]
+            noise = dist.Normal(torch.zeros_like(loc), 1.0).to_event(1)
+            return dist.TransformedDistribution(noise, transforms)
         return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: torch.Tensor) -> None:
