@@ -9,6 +9,7 @@ from .guides import (
     AutoAmortizedNormal,
     AutoAmortizedNormalizingFlow,
 )
+from .iwae import LocalIWAE
 
 __all__ = [
     "AutoAmortizedDelta",
@@ -17,6 +18,7 @@ __all__ = [
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
     "AutoAmortizedNormalizingFlow",
+    "LocalIWAE",
     "MLPEncoder",
 ]
 __version__ = "0.1.0"

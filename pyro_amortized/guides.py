@@ -417,7 +417,9 @@ class AutoAmortizedGuide(AutoGuide):
 
     # ------------------------------------------------------------------- calling
 
-    def _create_plates(self, *args: Any, **kwargs: Any) -> dict[str, pyro.plate]:
+    def _create_plates(
+        self, *args: Any, every_row: bool = False, **kwargs: Any
+    ) -> dict[str, pyro.plate]:
         structure = self._require_structure()
         plates = {}
         if self.create_plates is not None:
@@ -425,6 +427,8 @@ class AutoAmortizedGuide(AutoGuide):
             created = [created] if isinstance(created, pyro.plate) else list(created)
             plates = {plate.name: plate for plate in created}
         sizes = self._data_plate_sizes(args, kwargs)
+        if every_row:
+            sizes = {name: (size, size) for name, (size, _) in sizes.items()}
         for name, frame in structure.frames.items():
             if name in plates:
                 continue
@@ -483,18 +487,30 @@ class AutoAmortizedGuide(AutoGuide):
 
         :return: a dict from site name to sampled (constrained) value.
         """
+        return self._run(args, kwargs, self._encoded_features)
+
+    def _encoded_features(
+        self, plate: DataPlate, args: tuple, kwargs: dict, indices: Any, size: Any
+    ) -> torch.Tensor:
+        """The encoder's features of the rows ``indices`` (all rows for ``None``)."""
+        inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), indices, size)
+        return encode_features(self.network.encoders[_module_key(plate.name)], inputs)
+
+    def _run(
+        self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Samples the guide with the features that ``features_of(plate, args,
+        kwargs, indices, size)`` gives each data plate; with ``every_row`` the
+        data plates take every row (no subsampling), and the model replays that."""
         if self._structure is None:
             self._setup_prototype(*args, **kwargs)
-        plates = self._create_plates(*args, **kwargs)
+        plates = self._create_plates(*args, every_row=every_row, **kwargs)
         result = self._sample_globals(plates)
         # One attribute access registers every network parameter with Pyro.
-        network = self.network
-        encoders, heads = network.encoders, network.heads
+        heads = self.network.heads
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
-                values = self._input_values(plate, args, kwargs)
-                inputs = plate_inputs(plate, values, indices, plates[plate.name].size)
-                features = encode_features(encoders[_module_key(plate.name)], inputs)
+                features = features_of(plate, args, kwargs, indices, plates[plate.name].size)
                 for name in plate.sites:
                     site = self._structure.sites[name]
                     head = heads[_module_key(name)]
@@ -574,9 +590,12 @@ class AutoAmortizedGuide(AutoGuide):
 
     # ----------------------------------------------------------------- test time
 
-    def _local_unconstrained(self, args: tuple, kwargs: dict) -> dict[str, dist.Distribution]:
+    def _local_unconstrained(
+        self, args: tuple, kwargs: dict, features_of: Callable | None = None
+    ) -> dict[str, dist.Distribution]:
         """Each local site's unconstrained distribution for every row of the data;
         a head that reads other sites is given their medians."""
+        features_of = features_of or self._encoded_features
         structure = self._require_structure()
         read = {u for inputs in self._upstream.values() for u in inputs}
         values = {
@@ -586,8 +605,7 @@ class AutoAmortizedGuide(AutoGuide):
         }
         result = {}
         for plate in structure.data_plates.values():
-            inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), None, None)
-            features = encode_features(self.network.encoders[_module_key(plate.name)], inputs)
+            features = features_of(plate, args, kwargs, None, None)
             for name in plate.sites:
                 head = self.network.heads[_module_key(name)]
                 result[name] = head(self._head_input(features, plate, name, values))

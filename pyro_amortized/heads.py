@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import pyro.distributions as dist
 import torch
@@ -43,6 +44,8 @@ class _LinearHead(nn.Module):
         self.shape = torch.Size(shape)
         self.event_dim = event_dim
         self.num_features = num_features
+        # Factor on the spread of the distribution: 1 except inside widened().
+        self.widening = 1.0
 
     def _linear(self, bias: torch.Tensor) -> nn.Linear:
         """A linear map to ``bias.numel()`` outputs that starts at ``bias``
@@ -91,7 +94,7 @@ class NormalHead(_LinearHead):
     def forward(self, features: torch.Tensor) -> dist.Distribution:
         loc = self._output(self.loc, features)
         scale = softplus(self._output(self.scale, features)) + MIN_SCALE
-        return dist.Normal(loc, scale).to_event(self.event_dim)
+        return dist.Normal(loc, self.widening * scale).to_event(self.event_dim)
 
 
 class DeltaHead(_LinearHead):
@@ -191,6 +194,7 @@ class MultivariateNormalHead(_CorrelatedHead):
             lower = self._outputs(self.off_diagonal, features, self.size * (self.size - 1) // 2)
             rows, cols = torch.tril_indices(self.size, self.size, -1, device=features.device)
             scale_tril[..., rows, cols] = lower
+        scale_tril = self.widening * scale_tril
         return self._reshaped(dist.MultivariateNormal(loc, scale_tril=scale_tril))
 
 
@@ -235,8 +239,32 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
     def forward(self, features: torch.Tensor) -> dist.Distribution:
         loc = self._outputs(self.loc, features, self.size)
         diagonal = softplus(self._outputs(self.diagonal, features, self.size)) + MIN_SCALE
-        factor = self._outputs(self.factor, features, self.size, self.rank)
+        factor = self.widening * self._outputs(self.factor, features, self.size, self.rank)
+        diagonal = self.widening**2 * diagonal
         return self._reshaped(dist.LowRankMultivariateNormal(loc, factor, diagonal))
+
+
+@contextmanager
+def widened(heads: Iterable[nn.Module], factor: float) -> Iterator[None]:
+    """Within the block, the Gaussian and flow heads among ``heads`` spread
+    their distributions ``factor`` times wider about the same location (their
+    scales, or scale factors, times ``factor``); Delta and discrete heads are
+    unchanged. A wider proposal keeps importance weights light-tailed.
+
+    Usage::
+
+        with widened(guide.network.heads.values(), 1.5):
+            ...
+    """
+    heads = [head for head in heads if isinstance(head, _LinearHead)]
+    previous = [head.widening for head in heads]
+    for head in heads:
+        head.widening = factor
+    try:
+        yield
+    finally:
+        for head, value in zip(heads, previous, strict=True):
+            head.widening = value
 
 
 FLOWS = ("spline", "iaf")
@@ -333,7 +361,9 @@ class FlowHead(_CorrelatedHead):
                 "Trace_ELBO (or another ELBO without JIT), or use flow='iaf'."
             )
         loc = self._outputs(self.loc, features, self.size)
-        scale = softplus(self._outputs(self.scale, features, self.size)) + MIN_SCALE
+        scale = self.widening * (
+            softplus(self._outputs(self.scale, features, self.size)) + MIN_SCALE
+        )
         context = features.reshape(
             features.shape[:-1] + (1,) * len(self.batch_shape) + features.shape[-1:]
         ).expand(loc.shape[:-1] + features.shape[-1:])

@@ -184,6 +184,14 @@ class ArgumentLocation:
             )
         return self.default
 
+    def replace(self, args: tuple, kwargs: dict, value: Any) -> tuple[tuple, dict]:
+        """The call's arguments with this argument set to ``value``."""
+        if self.keyword is not None and (self.keyword in kwargs or self.position is None):
+            return args, {**kwargs, self.keyword: value}
+        if self.position is not None and self.position < len(args):
+            return args[: self.position] + (value,) + args[self.position + 1 :], kwargs
+        return args, {**kwargs, self.keyword: value}
+
 
 def locate_argument(model: Callable, name: str) -> ArgumentLocation:
     """The :class:`ArgumentLocation` of an argument named by :func:`bind_arguments`."""

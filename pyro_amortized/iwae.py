@@ -1,0 +1,227 @@
+"""Importance weights per data point, and the per-data-point IWAE bound.
+
+Pyro's importance-weighted ELBOs weigh whole traces: with local latents in a
+plate, the log-mean-exp is taken over the sum of every data point's weight, so
+the bound tightens only as fast as for one big latent. Here the local sites get
+``K`` particles per data point and the log-mean-exp is taken per data point:
+
+.. math::
+
+    \\mathcal{L}_K = \\mathbb{E}_{q(g)}\\Big[\\log \\frac{p(g)}{q(g)}
+        + \\sum_n \\mathbb{E}\\log \\frac{1}{K} \\sum_k
+        \\frac{p(x_n, z_{nk} \\mid g)}{q(z_{nk} \\mid x_n, g)}\\Big]
+    \\le \\log p(x).
+
+Global sites ``g`` are drawn once per step and shared by every particle of every
+data point, so their part is an ordinary ELBO term; this keeps the bound valid
+(an average over per-particle globals inside a data point's log-mean-exp would
+not be a bound).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO
+from pyro.poutine.util import prune_subsample_sites
+
+from .guides import AutoAmortizedGuide
+
+PARTICLE_PLATE = "local_particles"
+"""Name of the vectorized plate over particles."""
+
+
+@dataclass
+class LogWeights:
+    """Log importance weights of one vectorized run.
+
+    :param local: ``(num_particles, num_rows)``: ``log p(x_n, z_nk | g) -
+        log q(z_nk | x_n, g)`` for the rows of the data plate in this run.
+    :param outside: ``(num_particles,)``: model terms outside the data plate
+        (the globals' prior, observations outside it), per particle.
+    :param scale: the data plate's subsampling scale (full size / rows).
+    """
+
+    local: torch.Tensor
+    outside: torch.Tensor
+    scale: float
+
+
+def max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """The number of nested vectorized plates in the model and guide."""
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    dims = [
+        -frame.dim
+        for trace in (model_trace, guide_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def log_weights(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    plate: str,
+    num_particles: int,
+    nesting: int,
+    condition: dict[str, torch.Tensor] | None = None,
+) -> LogWeights:
+    """Runs ``num_particles`` vectorized particles of the guide and the model
+    and splits their log weights per data point of ``plate``.
+
+    :param plate: the name of the data plate.
+    :param nesting: the model's max plate nesting (see :func:`max_plate_nesting`).
+    :param condition: guide site values to hold fixed (the globals); these
+        sites are the same in every particle and left out of the guide's part.
+    :raises ValueError: if a site is enumerated (not supported here).
+    """
+    guide_fn, model_fn = guide, model
+    if condition:  # held fixed in both, so the model does not replay them
+        guide_fn = poutine.condition(guide, data=condition)
+        model_fn = poutine.condition(model, data=condition)
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        guide_trace = poutine.trace(guide_fn).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    local = torch.zeros(num_particles, 1)
+    outside = torch.zeros(num_particles)
+    scale = 1.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace = prune_subsample_sites(trace)
+        trace.compute_log_prob()
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or (sign < 0 and site["is_observed"]):
+                continue
+            if site["infer"].get("enumerate"):
+                raise ValueError(
+                    f"Site '{name}' is enumerated; per-data-point importance weights need "
+                    "sampled sites. Remove its infer={'enumerate': ...}."
+                )
+            log_prob = site["log_prob"]
+            full = log_prob.reshape((1,) * (nesting + 1 - log_prob.dim()) + log_prob.shape)
+            frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+            if frame is None:
+                outside = outside + sign * full.reshape(full.shape[0], -1).sum(-1)
+                continue
+            row_dim = nesting + 1 + frame.dim
+            per_row = full.movedim(row_dim, 1)
+            per_row = per_row.reshape(per_row.shape[:2] + (-1,)).sum(-1)
+            local = local + sign * per_row
+            scale = float(site["scale"])
+    return LogWeights(local=local, outside=outside, scale=scale)
+
+
+def logmeanexp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``log(mean(exp(values)))`` along ``dim``, computed stably."""
+    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
+
+
+class LocalIWAE(ELBO):
+    """The importance-weighted bound taken per data point: ``K`` particles of
+    the local sites per data point, the log-mean-exp per data point, the global
+    sites drawn once per step and shared (see the module's formula). An ELBO for
+    :class:`pyro.infer.SVI`; ``K = 1`` is the ELBO.
+
+    The guide must be an amortized guide of this package (its data plate names
+    the local sites) with reparameterized local sites; subsampled data plates
+    are scaled as in Pyro's ELBOs.
+
+    Usage::
+
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
+                             LocalIWAE(num_particles=50))
+
+    :param int num_particles: ``K``, particles per data point.
+    :param int max_plate_nesting: the model's plate nesting; guessed from one run
+        of the model and guide when not given.
+    """
+
+    def __init__(self, num_particles: int = 10, max_plate_nesting: int | None = None) -> None:
+        if not (isinstance(num_particles, int) and num_particles > 0):
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        super().__init__(num_particles=num_particles)
+        self.nesting = max_plate_nesting
+
+    def _get_trace(self, model: Callable, guide: Any, args: tuple, kwargs: dict):
+        raise NotImplementedError("LocalIWAE runs its particles in differentiable_loss.")
+
+    def differentiable_loss(self, model: Callable, guide: Any, *args: Any, **kwargs: Any):
+        """The negative bound, differentiable with respect to every parameter."""
+        plate = _data_plate(guide, args, kwargs)
+        if self.nesting is None:
+            self.nesting = max_plate_nesting(model, guide, args, kwargs)
+        outside_guide = poutine.trace(guide).get_trace(*args, **kwargs)
+        condition, log_q_outside = _outside_sites(outside_guide, plate)
+        weights = log_weights(
+            model,
+            guide,
+            args,
+            kwargs,
+            plate=plate,
+            num_particles=self.num_particles,
+            nesting=self.nesting,
+            condition=condition,
+        )
+        per_row = logmeanexp(weights.local, 0)
+        bound = weights.outside.mean() - log_q_outside + weights.scale * per_row.sum()
+        return -bound
+
+    def loss(self, model: Callable, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """The negative bound (a float), like Pyro's ELBOs."""
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model: Callable, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """The negative bound; its gradient is left in the parameters' ``.grad``."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+def _data_plate(guide: Any, args: tuple, kwargs: dict) -> str:
+    if not isinstance(guide, AutoAmortizedGuide):
+        raise ValueError(
+            "LocalIWAE needs an amortized guide of pyro_amortized (it reads the data plate "
+            f"from it), but got {type(guide).__name__}."
+        )
+    if guide._structure is None:
+        with poutine.block():
+            guide(*args, **kwargs)
+    plates = list(guide.data_plates)
+    if len(plates) != 1:
+        raise ValueError(
+            f"LocalIWAE weighs one data plate, but the model has {len(plates)}: {plates}."
+        )
+    return plates[0]
+
+
+def _outside_sites(trace: poutine.Trace, plate: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """The guide's sites outside the data plate (the globals): their values, to
+    hold fixed across particles, and their summed log density."""
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    values, log_q = {}, 0.0
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if not any(frame.name == plate for frame in site["cond_indep_stack"]):
+            values[name] = site["value"]
+            log_q = log_q + site["log_prob"].sum()
+    return values, log_q
