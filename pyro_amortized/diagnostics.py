@@ -25,7 +25,7 @@ from torch import nn
 from .guides import AutoAmortizedGuide
 from .heads import widened
 from .iwae import log_weights, logmeanexp, max_plate_nesting
-from .structure import DataPlate, locate_argument
+from .structure import DataPlate, locate_argument, plate_sizes, trace_prototype
 
 # ---------------------------------------------------------------- refinement
 
@@ -113,6 +113,7 @@ def refine(
     if not lr > 0:
         raise ValueError(f"lr must be positive, but got {lr!r}.")
     structure = guide._require_structure()
+    _check_every_row(model, guide, args, kwargs)
     with torch.no_grad():
         features = {
             name: guide._encoded_features(plate, args, kwargs, None, None)
@@ -223,7 +224,8 @@ def amortization_gap(
     the approximation gap.
 
     The global sites are held at the guide's medians, so each quantity is per
-    data point and conditional on them. Every row is used (no subsampling).
+    data point and conditional on them. Every row is scored at once: pass a
+    model that does not subsample its data plate on these arguments.
 
     Usage::
 
@@ -238,24 +240,74 @@ def amortization_gap(
     """
     _check_positive(num_particles=num_particles, chunk_size=chunk_size)
     refined = refine(model, guide, *args, num_steps=num_steps, lr=lr, **kwargs)
-    condition = {name: guide.median(*args, **kwargs)[name] for name in guide.global_sites}
-    options = {
-        "num_particles": num_particles,
-        "chunk_size": chunk_size,
-        "condition": condition,
-        "plate": _single_data_plate(guide),
-    }
+    options = _weight_options(model, guide, args, kwargs, num_particles, chunk_size)
     with torch.no_grad():
-        options["nesting"] = max_plate_nesting(model, refined, args, kwargs)
         amortized = _local_weights(model, _every_row(guide), args, kwargs, **options)
         refined_weights = _local_weights(model, refined, args, kwargs, **options)
-        with widened(guide.network.heads.values(), PROPOSAL_WIDENING):
-            proposal_weights = _local_weights(model, refined, args, kwargs, **options)
+        evidence = _log_evidence(model, refined, guide, args, kwargs, options)
     return AmortizationGapReport(
-        elbo=amortized.mean(0),
-        refined_elbo=refined_weights.mean(0),
-        log_evidence=logmeanexp(proposal_weights, 0),
+        elbo=amortized.mean(0), refined_elbo=refined_weights.mean(0), log_evidence=evidence
     )
+
+
+def log_evidence(
+    model: Callable,
+    guide: AutoAmortizedGuide,
+    *args: Any,
+    num_particles: int = 1000,
+    chunk_size: int = 100,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """An importance-sampled estimate of ``log p(x_n | g)`` for every data point
+    of ``args``: ``num_particles`` particles per data point from the guide
+    widened by :data:`PROPOSAL_WIDENING`, the global sites at the guide's
+    medians. Every row is scored at once: pass a model that does not
+    subsample its data plate on these arguments.
+
+    Usage::
+
+        log_px = log_evidence(model, guide, x_test, num_particles=1000)   # (len(x_test),)
+
+    :param num_particles: particles per data point.
+    :param chunk_size: particles per vectorized run (memory).
+    :returns: a tensor with one estimate per data point (nats).
+    """
+    _check_positive(num_particles=num_particles, chunk_size=chunk_size)
+    _check_every_row(model, guide, args, kwargs)
+    options = _weight_options(model, guide, args, kwargs, num_particles, chunk_size)
+    with torch.no_grad():
+        return _log_evidence(model, _every_row(guide), guide, args, kwargs, options)
+
+
+def _weight_options(
+    model: Callable,
+    guide: AutoAmortizedGuide,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    chunk_size: int,
+) -> dict[str, Any]:
+    with torch.no_grad():
+        medians = guide.median(*args, **kwargs)
+        return {
+            "num_particles": num_particles,
+            "chunk_size": chunk_size,
+            "condition": {name: medians[name] for name in guide.global_sites},
+            "plate": _single_data_plate(guide),
+            "nesting": max_plate_nesting(model, _every_row(guide), args, kwargs),
+        }
+
+
+def _log_evidence(
+    model: Callable,
+    proposal: Callable,
+    guide: AutoAmortizedGuide,
+    args: tuple,
+    kwargs: dict,
+    options: dict[str, Any],
+) -> torch.Tensor:
+    with widened(guide.network.heads.values(), PROPOSAL_WIDENING):
+        return logmeanexp(_local_weights(model, proposal, args, kwargs, **options), 0)
 
 
 def _every_row(guide: AutoAmortizedGuide) -> Callable:
@@ -301,6 +353,20 @@ def _single_data_plate(guide: AutoAmortizedGuide) -> str:
     if len(plates) != 1:
         raise ValueError(f"The diagnostics take one data plate, but the model has {plates}.")
     return plates[0]
+
+
+def _check_every_row(model: Callable, guide: AutoAmortizedGuide, args: tuple, kwargs: dict) -> None:
+    """The diagnostics score every row of the data at once: the model must not
+    subsample its data plate on these arguments."""
+    trace, _ = trace_prototype(model, guide.init_loc_fn, args, kwargs)
+    for name, (size, subsample_size) in plate_sizes(trace, list(guide.data_plates)).items():
+        if subsample_size < size:
+            raise ValueError(
+                f"The model subsamples plate '{name}' to {subsample_size} of {size} rows; the "
+                "diagnostics score every row at once. Pass a model that does not subsample "
+                "(for example the same model built without a batch size, sharing its "
+                f"networks), or at most {subsample_size} rows."
+            )
 
 
 def _check_positive(**options: int) -> None:
@@ -427,6 +493,7 @@ __all__: Sequence[str] = (
     "RefinedGuide",
     "SBCReport",
     "amortization_gap",
+    "log_evidence",
     "refine",
     "sbc",
 )
