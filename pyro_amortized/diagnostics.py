@@ -23,7 +23,7 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 from .guides import AutoAmortizedGuide
-from .heads import widened
+from .heads import DeltaHead, widened
 from .iwae import log_weights, logmeanexp, max_plate_nesting
 from .structure import DataPlate, locate_argument, plate_sizes, trace_prototype
 
@@ -357,7 +357,13 @@ def _single_data_plate(guide: AutoAmortizedGuide) -> str:
 
 def _check_every_row(model: Callable, guide: AutoAmortizedGuide, args: tuple, kwargs: dict) -> None:
     """The diagnostics score every row of the data at once: the model must not
-    subsample its data plate on these arguments."""
+    subsample its data plate on these arguments. And they need densities."""
+    points = [name for name, head in guide.network.heads.items() if isinstance(head, DeltaHead)]
+    if points:
+        raise ValueError(
+            f"The local sites {points} have point estimates (Delta), which have no density "
+            "to refine or to importance-sample. Use a family with a density."
+        )
     trace, _ = trace_prototype(model, guide.init_loc_fn, args, kwargs)
     for name, (size, subsample_size) in plate_sizes(trace, list(guide.data_plates)).items():
         if subsample_size < size:

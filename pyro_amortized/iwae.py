@@ -133,6 +133,15 @@ def logmeanexp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.logsumexp(values, dim) - math.log(values.shape[dim])
 
 
+def renyi_mean(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per data point, the Renyi bound of order ``alpha`` from ``(K, rows)`` log
+    weights: ``log mean_k w^(1 - alpha) / (1 - alpha)``; the importance-weighted
+    bound at ``alpha = 0`` and the ELBO (the mean log weight) at ``alpha = 1``."""
+    if alpha == 1.0:
+        return log_weights.mean(0)
+    return logmeanexp((1.0 - alpha) * log_weights, 0) / (1.0 - alpha)
+
+
 class LocalIWAE(ELBO):
     """The importance-weighted bound taken per data point: ``K`` particles of
     the local sites per data point, the log-mean-exp per data point, the global
@@ -149,14 +158,27 @@ class LocalIWAE(ELBO):
                              LocalIWAE(num_particles=50))
 
     :param int num_particles: ``K``, particles per data point.
+    :param float alpha: the order of the Renyi bound taken per data point
+        (:func:`renyi_mean`): 0 (default) is the importance-weighted bound, 1 the
+        ELBO; between them the bound is tighter than the ELBO but looser than
+        IWAE, with less variance in the guide's gradient.
     :param int max_plate_nesting: the model's plate nesting; guessed from one run
         of the model and guide when not given.
     """
 
-    def __init__(self, num_particles: int = 10, max_plate_nesting: int | None = None) -> None:
+    def __init__(
+        self,
+        num_particles: int = 10,
+        *,
+        alpha: float = 0.0,
+        max_plate_nesting: int | None = None,
+    ) -> None:
         if not (isinstance(num_particles, int) and num_particles > 0):
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        if not isinstance(alpha, (int, float)) or alpha < 0:
+            raise ValueError(f"alpha must be a number >= 0, but got {alpha!r}.")
         super().__init__(num_particles=num_particles)
+        self.alpha = float(alpha)
         self.nesting = max_plate_nesting
 
     def _get_trace(self, model: Callable, guide: Any, args: tuple, kwargs: dict):
@@ -179,7 +201,7 @@ class LocalIWAE(ELBO):
             nesting=self.nesting,
             condition=condition,
         )
-        per_row = logmeanexp(weights.local, 0)
+        per_row = renyi_mean(weights.local, self.alpha)
         bound = weights.outside.mean() - log_q_outside + weights.scale * per_row.sum()
         return -bound
 

@@ -11,7 +11,7 @@ from models import factor_data, factor_model
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from test_correlated import LOADINGS, NOISE, diagonal_floor, linear_gaussian, simulate
 
-from pyro_amortized import AutoAmortizedGuide, LocalIWAE
+from pyro_amortized import AutoAmortizedDelta, AutoAmortizedGuide, LocalIWAE
 from pyro_amortized.datasets import train_test_split_digits
 from pyro_amortized.diagnostics import amortization_gap, log_evidence, refine, sbc
 from pyro_amortized.models import Decoder, digits_vae_model
@@ -146,3 +146,34 @@ def test_diagnostics_refuse_a_subsampling_model():
     guide(x)
     with pytest.raises(ValueError, match="subsamples plate 'data' to 256 of 300 rows"):
         log_evidence(linear_gaussian, guide, x)
+
+
+def test_renyi_orders_between_the_elbo_and_iwae(trained):
+    x = simulate(200)
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        bounds = [
+            -LocalIWAE(num_particles=200, alpha=alpha).loss(linear_gaussian, trained, x) / len(x)
+            for alpha in (1.0, 0.5, 0.0)
+        ]
+    assert bounds[0] < bounds[1] < bounds[2] < exact_log_evidence(x).mean().item() + 0.02
+    with pytest.raises(ValueError, match="alpha must be a number >= 0"):
+        LocalIWAE(alpha=-1.0)
+
+
+def test_reports_print_and_plot(trained):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    x = simulate(30)
+    report = amortization_gap(linear_gaussian, trained, x, num_particles=20, num_steps=2)
+    assert report.plot() is not None and "approximation_gap" in str(report)
+    calibration = sbc(linear_gaussian, trained, x, num_simulations=2, observed="x")
+    assert calibration.plot("z") is not None and "p-value" in str(calibration)
+
+
+def test_point_estimates_have_no_gaps_to_measure():
+    x = simulate(30)
+    guide = AutoAmortizedDelta(linear_gaussian)
+    guide(x)
+    with pytest.raises(ValueError, match=r"\['z'\] have point estimates"):
+        amortization_gap(linear_gaussian, guide, x)
