@@ -1,4 +1,4 @@
-.PHONY: all help install lint format unit docs test demo bench clean distclean
+.PHONY: all help install lint format unit tutorials tutorials-short docs test demo bench clean distclean
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
@@ -14,8 +14,10 @@ help:
 	@echo "make lint      ruff check and ruff format --check"
 	@echo "make format    ruff format and ruff check --fix"
 	@echo "make unit      run the unit tests"
+	@echo "make tutorials run the tutorial notebooks in full and store their outputs"
+	@echo "make tutorials-short  run the tutorials in short mode (outputs not stored)"
 	@echo "make docs      build the HTML docs (warnings are errors)"
-	@echo "make test      install, lint, unit, docs"
+	@echo "make test      install, lint, unit, tutorials-short, docs"
 	@echo "make demo      train an amortized VAE on the 8x8 digits"
 	@echo "make bench     time SVI steps against a hand-written guide"
 	@echo "make clean     remove build and cache files (distclean also removes $(VENV))"
@@ -43,10 +45,19 @@ format: install
 unit: install
 	$(PYTHON) -m pytest -q tests
 
+TUTORIALS := $(wildcard tutorials/*.ipynb)
+EXECUTE := $(PYTHON) -m nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800
+
+tutorials: install
+	$(EXECUTE) --inplace $(TUTORIALS)
+
+tutorials-short: install
+	PYRO_AMORTIZED_TUTORIAL_SHORT=1 $(EXECUTE) --output-dir=docs/_build/tutorials-short $(TUTORIALS)
+
 docs: install
 	$(PYTHON) -m sphinx -W --keep-going -b html docs docs/_build/html
 
-test: install lint unit docs
+test: install lint unit tutorials-short docs
 	@echo PASS
 
 demo: install
@@ -56,7 +67,7 @@ bench: install
 	$(PYTHON) benchmarks/bench_step_time.py
 
 clean:
-	rm -rf docs/_build build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf docs/_build docs/tutorials build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
 	rm -f vae_digits.png
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 

@@ -1,11 +1,16 @@
-"""Small bundled data sets for examples, tests and benchmarks.
+"""Data sets for examples, tests, tutorials and benchmarks; nothing is downloaded.
 
-The digits are scikit-learn's 8x8 handwritten digits (1797 images), which ship
-inside scikit-learn: nothing is downloaded. scikit-learn is needed only here
-(it is part of the ``test`` and ``demo`` extras).
+The digits are scikit-learn's 8x8 handwritten digits (1797 images, from the UCI
+repository, CC BY 4.0), which ship inside scikit-learn (part of the ``test``
+and ``demo`` extras). Fashion-MNIST is read from local IDX files, as Debian's
+``dataset-fashion-mnist`` package installs them.
 """
 
 from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
 
 import torch
 
@@ -57,3 +62,76 @@ def train_test_split_digits(
     num_test = round(test_fraction * len(images))
     test, train = order[:num_test], order[num_test:]
     return images[train], labels[train], images[test], labels[test]
+
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` package installs Fashion-MNIST."""
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+"""Fashion-MNIST's class names, by label."""
+
+
+def load_fashion_mnist(
+    split: str = "train", *, root: str | Path = FASHION_MNIST_ROOT, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST (Zalando, MIT license) from local IDX files, binarized and
+    flattened: 60,000 training and 10,000 test images of 28x28 pixels.
+
+    Nothing is downloaded. On Debian and Ubuntu, ``sudo apt install
+    dataset-fashion-mnist`` puts the files under :data:`FASHION_MNIST_ROOT`; any
+    folder with the original ``train-images-idx3-ubyte[.gz]``,
+    ``train-labels-idx1-ubyte[.gz]``, ``t10k-...`` files works.
+
+    :param split: ``"train"`` or ``"test"``.
+    :param root: the folder holding the IDX files.
+    :param threshold: a pixel is 1 where its intensity over 255 exceeds this.
+    :returns: ``(images, labels)``: ``(n, 784)`` floats in {0, 1} and int64
+        labels (see :data:`FASHION_MNIST_CLASSES`).
+    :raises FileNotFoundError: with the install hint, when the files are missing.
+
+    Usage::
+
+        x, y = load_fashion_mnist("test")      # (10000, 784), (10000,)
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', but got {split!r}.")
+    prefix = "train" if split == "train" else "t10k"
+    pixels = _read_idx(_find(Path(root), f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find(Path(root), f"{prefix}-labels-idx1-ubyte"))
+    images = pixels.reshape(len(pixels), -1).to(torch.get_default_dtype()) / 255.0
+    return (images > threshold).to(images.dtype), labels.to(torch.int64)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}. Install it with "
+        "`sudo apt install dataset-fashion-mnist` (Debian, Ubuntu) or pass root= to a "
+        "folder with the original IDX files."
+    )
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX array of unsigned bytes (the MNIST file format)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as stream:
+        data = stream.read()
+    zero, kind, num_dims = struct.unpack(">HBB", data[:4])
+    if zero != 0 or kind != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
+    shape = struct.unpack(f">{num_dims}I", data[4 : 4 + 4 * num_dims])
+    values = bytearray(data[4 + 4 * num_dims :])
+    return torch.frombuffer(values, dtype=torch.uint8).reshape(shape)

@@ -122,7 +122,11 @@ def refine(
     refined = RefinedGuide(guide, features)
     optimizer = torch.optim.Adam(refined.features.parameters(), lr=lr)
     decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.1 ** (1 / num_steps))
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    elbo = Trace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=max_plate_nesting(model, refined, args, kwargs),
+    )
     parameters = list(refined.features.parameters())
     for _ in range(num_steps):
         with poutine.block():

@@ -231,7 +231,9 @@ class AutoAmortizedGuide(AutoGuide):
         self.init_loc_fn = init_loc_fn
         self.network = InferenceNetwork()
         self.global_params = PyroModule()
-        self._user_encoder = encoder
+        # In a tuple: not a submodule of the guide (it joins self.network once
+        # the model is read), so its parameters are registered once.
+        self._user_encoder = (encoder,)
         self._structure: ModelStructure | None = None
         self._locations: dict[str, ArgumentLocation] = {}
         self._transforms: dict[str, Transform] = {}
@@ -320,8 +322,9 @@ class AutoAmortizedGuide(AutoGuide):
         self._plate_sizes[call_key(args, kwargs)] = plate_sizes(trace, list(structure.data_plates))
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
-        if isinstance(self._user_encoder, Mapping):
-            unknown = set(self._user_encoder) - set(structure.data_plates)
+        (encoder,) = self._user_encoder
+        if isinstance(encoder, Mapping):
+            unknown = set(encoder) - set(structure.data_plates)
             if unknown:
                 raise ValueError(
                     f"encoder names plates {sorted(unknown)}, which are not data plates "
@@ -329,7 +332,7 @@ class AutoAmortizedGuide(AutoGuide):
                 )
 
     def _plate_encoder(self, plate: str) -> nn.Module:
-        encoder = self._user_encoder
+        (encoder,) = self._user_encoder
         if isinstance(encoder, Mapping):
             encoder = encoder.get(plate)
         # Explicit None: an empty nn.Sequential is a valid encoder but is falsy.

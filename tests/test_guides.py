@@ -572,3 +572,11 @@ def test_site_and_plate_names_that_are_module_attributes():
     assert guide.global_sites == ("forward",)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert guide.encode(torch.randn(3), torch.randn(4))["keys"].batch_shape == (3,)
+
+
+def test_a_user_encoder_is_registered_once():
+    encoder = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU())
+    guide = AutoAmortizedGuide(factor_model, encoder=encoder)
+    train(factor_model, guide, factor_data(40), steps=3)
+    names = [name for name in guide.state_dict() if "encoders" in name or "encoder" in name]
+    assert names == ["network.encoders.data.0.weight", "network.encoders.data.0.bias"]

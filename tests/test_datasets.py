@@ -1,0 +1,33 @@
+"""Data loaders read local files only."""
+
+import gzip
+import struct
+
+import pytest
+import torch
+
+from pyro_amortized.datasets import load_fashion_mnist
+
+
+def _write_idx(path, array, compress):
+    header = struct.pack(">HBB", 0, 0x08, array.dim()) + struct.pack(
+        f">{array.dim()}I", *array.shape
+    )
+    data = header + bytes(array.flatten().tolist())
+    (gzip.open if compress else open)(path, "wb").write(data)
+
+
+def test_fashion_mnist_reads_idx_files(tmp_path):
+    pixels = torch.tensor([[[0, 255], [200, 10]], [[128, 127], [255, 0]]], dtype=torch.uint8)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", pixels, compress=True)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", torch.tensor([3, 9], dtype=torch.uint8), False)
+    images, labels = load_fashion_mnist("test", root=tmp_path)
+    assert images.tolist() == [[0, 1, 1, 0], [1, 0, 1, 0]]
+    assert labels.tolist() == [3, 9]
+
+
+def test_fashion_mnist_missing_files_say_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt install dataset-fashion-mnist"):
+        load_fashion_mnist(root=tmp_path)
+    with pytest.raises(ValueError, match="split must be"):
+        load_fashion_mnist("validation", root=tmp_path)
