@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Lint only the paths that exist.
-LINT_PATHS := $(wildcard pyro_amortized tests benchmarks examples docs/conf.py)
+LINT_PATHS := $(wildcard pyro_amortized tests benchmarks examples tutorials docs/conf.py)
 
 all: test
 
