@@ -75,6 +75,9 @@ def _module_key(name: str) -> str:
     return "%" + key if key in _RESERVED else key
 
 
+_SIZING_ROWS = 8
+"""Rows the encoder runs on when the guide is built, to learn its feature size."""
+
 _MAX_CACHED_CALLS = 64
 """Argument signatures whose data plate sizes a guide remembers."""
 
@@ -352,14 +355,14 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> None:
         encoder = self._plate_encoder(plate.name)
         inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
-        with torch.no_grad():
-            features = encode_features(encoder, inputs)
+        with torch.no_grad():  # a few rows tell the feature size (and set lazy layers up)
+            features = encode_features(encoder, tuple(value[:_SIZING_ROWS] for value in inputs))
         self.network.encoders[_module_key(plate.name)] = encoder
         for name in plate.sites:
             site = structure.sites[name]
             upstream = {u: model_value(trace.nodes[u], outer) for u in self._upstream.get(name, ())}
             pieces = self._upstream_pieces(structure, plate, name, upstream)
-            num_features = head_input(features, pieces).shape[-1]
+            num_features = features.shape[-1] + sum(piece.shape[-1] for piece in pieces)
             if site.discrete is not None:
                 head = DiscreteHead(
                     num_features,
