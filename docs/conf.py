@@ -29,6 +29,7 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax ships with the site: math renders offline
     "sphinx.ext.viewcode",
     "myst_nb",
 ]
@@ -36,6 +37,7 @@ extensions = [
 # Notebooks are rendered with the outputs stored in them (from a full run);
 # `make test` executes them separately, in short mode.
 nb_execution_mode = "off"
+nb_merge_streams = True  # a progress bar's updates in one output block
 myst_enable_extensions = ["dollarmath"]
 
 autodoc_member_order = "bysource"
