@@ -194,7 +194,11 @@ class DigitsEncoderGuide(nn.Module):
         if self.family == "normalizing_flow":
             reversal = torch.arange(self.latent_dim - 1, -1, -1)
             first, second = (flow.condition(features) for flow in self.flows)
-            transforms = [first, T.Permute(reversal), second, T.AffineTransform(loc, scale, 1)]
+            # Cached, so the log density of a sample reuses the forward pass
+            # rather than inverting the autoregressive flows one coordinate at a time.
+            permute = T.Permute(reversal, cache_size=1)
+            affine = T.AffineTransform(loc, scale, event_dim=1, cache_size=1)
+            transforms = [first, permute, second, affine]
             noise = dist.Normal(torch.zeros_like(loc), 1.0).to_event(1)
             return dist.TransformedDistribution(noise, transforms)
         return dist.Normal(loc, scale).to_event(1)
