@@ -24,7 +24,7 @@ from torch import nn
 
 from .guides import AutoAmortizedGuide
 from .heads import DeltaHead, widened
-from .iwae import log_weights, logmeanexp, max_plate_nesting
+from .iwae import log_weights, logmeanexp, max_plate_nesting, single_data_plate
 from .structure import DataPlate, locate_argument, plate_sizes, trace_prototype
 
 # ---------------------------------------------------------------- refinement
@@ -72,12 +72,7 @@ class RefinedGuide(nn.Module):
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, pyro.distributions.Distribution]:
         """The refined local posterior of every row, as the guide's ``encode``."""
-        guide = self.guide
-        unconstrained = guide._local_unconstrained(args, kwargs, self._features_of)
-        return {
-            name: guide._constrained(value, guide._structure.sites[name])
-            for name, value in unconstrained.items()
-        }
+        return self.guide._encode(args, kwargs, self._features_of)
 
 
 def refine(
@@ -297,7 +292,7 @@ def _weight_options(
             "num_particles": num_particles,
             "chunk_size": chunk_size,
             "condition": {name: medians[name] for name in guide.global_sites},
-            "plate": _single_data_plate(guide),
+            "plate": single_data_plate(guide, "The diagnostics take"),
             "nesting": max_plate_nesting(model, _every_row(guide), args, kwargs),
         }
 
@@ -350,13 +345,6 @@ def _local_weights(
             ).local
         )
     return torch.cat(chunks)
-
-
-def _single_data_plate(guide: AutoAmortizedGuide) -> str:
-    plates = list(guide.data_plates)
-    if len(plates) != 1:
-        raise ValueError(f"The diagnostics take one data plate, but the model has {plates}.")
-    return plates[0]
 
 
 def _check_every_row(model: Callable, guide: AutoAmortizedGuide, args: tuple, kwargs: dict) -> None:
@@ -463,7 +451,7 @@ def sbc(
     :param bins: histogram bins of the chi-square test.
     """
     _check_positive(num_simulations=num_simulations, num_samples=num_samples, bins=bins)
-    plate = guide._require_structure().data_plates[_single_data_plate(guide)]
+    plate = guide._require_structure().data_plates[single_data_plate(guide, "The diagnostics take")]
     location = locate_argument(guide.model, plate.inputs[0])
     condition = (
         {name: guide.median(*args, **kwargs)[name] for name in guide.global_sites}

@@ -423,9 +423,11 @@ class AutoAmortizedGuide(AutoGuide):
 
     # ------------------------------------------------------------------- calling
 
-    def _create_plates(
-        self, *args: Any, every_row: bool = False, **kwargs: Any
-    ) -> dict[str, pyro.plate]:
+    def _create_plates(self, *args: Any, **kwargs: Any) -> dict[str, pyro.plate]:
+        return self._plates(args, kwargs, every_row=False)
+
+    def _plates(self, args: tuple, kwargs: dict, every_row: bool) -> dict[str, pyro.plate]:
+        """The plates of a call; with ``every_row`` the data plates take every row."""
         structure = self._require_structure()
         plates = {}
         if self.create_plates is not None:
@@ -510,7 +512,7 @@ class AutoAmortizedGuide(AutoGuide):
         data plates take every row (no subsampling), and the model replays that."""
         if self._structure is None:
             self._setup_prototype(*args, **kwargs)
-        plates = self._create_plates(*args, every_row=every_row, **kwargs)
+        plates = self._plates(args, kwargs, every_row)
         result = self._sample_globals(plates)
         # One attribute access registers every network parameter with Pyro.
         heads = self.network.heads
@@ -631,9 +633,15 @@ class AutoAmortizedGuide(AutoGuide):
             constrained value, with batch shape ``(num_rows, *point_batch_shape)``,
             supporting ``sample``, ``rsample`` and ``log_prob``.
         """
+        return self._encode(args, kwargs)
+
+    def _encode(
+        self, args: tuple, kwargs: dict, features_of: Callable | None = None
+    ) -> dict[str, dist.Distribution]:
+        unconstrained = self._local_unconstrained(args, kwargs, features_of)
         return {
-            name: self._constrained(unconstrained, self._structure.sites[name])
-            for name, unconstrained in self._local_unconstrained(args, kwargs).items()
+            name: self._constrained(value, self._structure.sites[name])
+            for name, value in unconstrained.items()
         }
 
     def _global_unconstrained(self) -> dict[str, dist.Distribution]:

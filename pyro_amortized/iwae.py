@@ -226,11 +226,18 @@ def _data_plate(guide: Any, args: tuple, kwargs: dict) -> str:
     if guide._structure is None:
         with poutine.block():
             guide(*args, **kwargs)
+    return single_data_plate(guide, "LocalIWAE weighs")
+
+
+def single_data_plate(guide: AutoAmortizedGuide, caller: str) -> str:
+    """The name of the guide's one data plate.
+
+    :param caller: how the error message starts, e.g. ``"LocalIWAE weighs"``.
+    :raises ValueError: if the model has more than one data plate.
+    """
     plates = list(guide.data_plates)
     if len(plates) != 1:
-        raise ValueError(
-            f"LocalIWAE weighs one data plate, but the model has {len(plates)}: {plates}."
-        )
+        raise ValueError(f"{caller} one data plate, but the model has {len(plates)}: {plates}.")
     return plates[0]
 
 

@@ -185,10 +185,10 @@ class ArgumentLocation:
         return self.default
 
     def replace(self, args: tuple, kwargs: dict, value: Any) -> tuple[tuple, dict]:
-        """The call's arguments with this argument set to ``value``."""
-        if self.keyword is not None and (self.keyword in kwargs or self.position is None):
-            return args, {**kwargs, self.keyword: value}
-        if self.position is not None and self.position < len(args):
+        """The call's arguments with this argument set to ``value``, where
+        :meth:`fetch` would read it (a keyword passed wins over a position)."""
+        positional = self.position is not None and self.position < len(args)
+        if positional and (self.keyword is None or self.keyword not in kwargs):
             return args[: self.position] + (value,) + args[self.position + 1 :], kwargs
         return args, {**kwargs, self.keyword: value}
 
