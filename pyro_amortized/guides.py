@@ -92,6 +92,15 @@ LOCAL_FAMILIES: dict[str, type[nn.Module]] = {
 """The families a local site can take, by name: the head class of each."""
 
 
+def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.device:
+    """The device of the data: the first tensor among the data plates' inputs."""
+    for plate in structure.data_plates.values():
+        for name in plate.inputs:
+            if isinstance(arguments.get(name), torch.Tensor):
+                return arguments[name].device
+    return torch.device("cpu")
+
+
 def _check_site_families(site_families: Mapping[str, str] | None) -> dict[str, str]:
     site_families = dict(site_families or {})
     for site, family in site_families.items():
@@ -305,6 +314,7 @@ class AutoAmortizedGuide(AutoGuide):
         warn_if_nothing_to_amortize(structure)
         self._check_encoder_plates(structure)
         _check_family_sites(self.site_families, structure)
+        device = _data_device(structure, arguments)
         coupled = coupled_sites(self.model, args, kwargs) if self.dependencies == "model" else {}
         self._upstream = upstream_sites(structure, self.dependencies, coupled)
         self._transforms = {
@@ -316,12 +326,13 @@ class AutoAmortizedGuide(AutoGuide):
             self._locations.update(
                 {name: locate_argument(self.model, name) for name in plate.inputs}
             )
-            self._build_plate(plate, structure, trace, outer, arguments)
+            self._build_plate(plate, structure, trace, outer, arguments, device)
         for name in structure.global_sites:
             site = structure.sites[name]
             init = self._init_unconstrained(site, trace.nodes[name], outer)
             setattr(self.global_params, _module_key(name), self._global_module(init, site))
         self._structure = structure
+        self.to(device)  # the network and the global parameters live with the data
         self._plate_sizes[call_key(args, kwargs)] = plate_sizes(trace, list(structure.data_plates))
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
@@ -352,8 +363,9 @@ class AutoAmortizedGuide(AutoGuide):
         trace: Any,
         outer: frozenset,
         arguments: dict[str, Any],
+        device: torch.device,
     ) -> None:
-        encoder = self._plate_encoder(plate.name)
+        encoder = self._plate_encoder(plate.name).to(device)
         inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
         with torch.no_grad():  # a few rows tell the feature size (and set lazy layers up)
             features = encode_features(encoder, tuple(value[:_SIZING_ROWS] for value in inputs))
@@ -485,6 +497,14 @@ class AutoAmortizedGuide(AutoGuide):
                     rows,
                     rows if plate.subsample_size is None else min(plate.subsample_size, rows),
                 )
+        parameter = next(self.network.parameters(), None)
+        guide_device = first.device if parameter is None else parameter.device
+        if first.device != guide_device:
+            raise ValueError(
+                f"The data of plate '{plate.name}' is on {first.device}, but the guide is on "
+                f"{guide_device}. Move the data with .to('{guide_device}'), or the guide "
+                f"with guide.to('{first.device}')."
+            )
         size, subsample_size = sizes
         return pyro.plate(
             plate.name, size, subsample_size=subsample_size, dim=plate.dim, device=first.device

@@ -100,8 +100,7 @@ def log_weights(
         model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
-    local = torch.zeros(num_particles, 1)
-    outside = torch.zeros(num_particles)
+    local = outside = 0.0  # tensors once a site adds to them
     scale = 1.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         trace = prune_subsample_sites(trace)
@@ -125,7 +124,16 @@ def log_weights(
             per_row = per_row.reshape(per_row.shape[:2] + (-1,)).sum(-1)
             local = local + sign * per_row
             scale = float(site["scale"])
-    return LogWeights(local=local, outside=outside, scale=scale)
+    zeros = torch.zeros(num_particles, 1, device=_trace_device(model_trace))
+    return LogWeights(local=zeros + local, outside=zeros[:, 0] + outside, scale=scale)
+
+
+def _trace_device(trace: poutine.Trace) -> torch.device:
+    """The device of a trace's sample values (the data's device)."""
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor):
+            return site["value"].device
+    return torch.device("cpu")
 
 
 def logmeanexp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
