@@ -101,18 +101,57 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
     return torch.device("cpu")
 
 
-def _check_site_families(site_families: Mapping[str, str] | None) -> dict[str, str]:
+Family = str | Callable[..., nn.Module]
+"""A local site's family: a name from :data:`LOCAL_FAMILIES`, or a head
+constructor (see :ref:`writing-a-head`)."""
+
+
+def _check_site_families(site_families: Mapping[str, Family] | None) -> dict[str, Family]:
     site_families = dict(site_families or {})
     for site, family in site_families.items():
-        if family not in LOCAL_FAMILIES:
+        if not callable(family) and family not in LOCAL_FAMILIES:
             raise ValueError(
-                f"site_families gives site '{site}' the family {family!r}; the families "
-                f"are: {', '.join(LOCAL_FAMILIES)}."
+                f"site_families gives site '{site}' the family {family!r}. A family is "
+                f"one of {', '.join(LOCAL_FAMILIES)}, or a head: a callable "
+                "(num_features, shape, event_dim, *, init_loc, init_scale) -> nn.Module."
             )
     return site_families
 
 
-def _check_family_sites(site_families: dict[str, str], structure: ModelStructure) -> None:
+def _check_user_head(
+    head: Any, name: str, num_features: int, shape: torch.Size, event_dim: int
+) -> None:
+    """A user's head must be a module mapping features to a distribution over the
+    site's unconstrained values, one per data point."""
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"The head constructor of site '{name}' returned {type(head).__name__}; it "
+            "must return an nn.Module (so its parameters train and save with the guide)."
+        )
+    with torch.no_grad():
+        distribution = head(torch.zeros(2, num_features))
+    split = len(shape) - event_dim
+    expected = ((2, *shape[:split]), tuple(shape[split:]))
+    got = None
+    if isinstance(distribution, dist.Distribution):
+        got = (tuple(distribution.batch_shape), tuple(distribution.event_shape))
+    if got != expected:
+        raise ValueError(
+            f"The head of site '{name}' must map features of shape (batch, {num_features}) "
+            f"to a distribution over the unconstrained values with batch_shape "
+            f"{_shape_text(('batch', *shape[:split]))} and event_shape "
+            f"{_shape_text(shape[split:])}, but on a batch of 2 it returned "
+            f"{type(distribution).__name__}"
+            + ("" if got is None else f" with batch_shape {got[0]} and event_shape {got[1]}")
+            + "."
+        )
+
+
+def _shape_text(shape: Sequence) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_family_sites(site_families: dict[str, Family], structure: ModelStructure) -> None:
     unknown = sorted(set(site_families) - set(structure.local_sites))
     if unknown:
         raise ValueError(
@@ -193,9 +232,10 @@ class AutoAmortizedGuide(AutoGuide):
         :mod:`pyro.infer.autoguide.initialization`); local heads start at the
         mean over data points of the initial unconstrained value.
     :param float init_scale: initial scale of every Normal.
-    :param site_families: family per local site, by name (see
-        :data:`LOCAL_FAMILIES`), overriding the class's family; for example
-        ``{"z": "multivariate_normal"}``.
+    :param site_families: family per local site, by name, overriding the
+        class's family: a name from :data:`LOCAL_FAMILIES`, for example
+        ``{"z": "multivariate_normal"}``, or a head constructor of one's own
+        (see :ref:`writing-a-head`).
     :param dependencies: which sites each local site's head reads besides the
         data: ``"model"`` (default) reads the global sites and the earlier local
         sites of its data plate that the model's posterior couples with it
@@ -220,7 +260,7 @@ class AutoAmortizedGuide(AutoGuide):
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
-        site_families: Mapping[str, str] | None = None,
+        site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
@@ -395,6 +435,17 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
         family = self.site_families.get(site.name, self._family)
+        event_dim = len(site.unconstrained_event_shape)
+        if callable(family):
+            head = family(
+                num_features,
+                init_loc.shape,
+                event_dim,
+                init_loc=init_loc,
+                init_scale=self._init_scale,
+            )
+            _check_user_head(head, site.name, num_features, init_loc.shape, event_dim)
+            return head
         options = {"init_loc": init_loc}
         if family != "delta":
             options["init_scale"] = self._init_scale
@@ -403,8 +454,7 @@ class AutoAmortizedGuide(AutoGuide):
         if family == "normalizing_flow":
             options["flow"] = getattr(self, "flow", "spline")
             options["num_flows"] = getattr(self, "num_flows", 2)
-        head = LOCAL_FAMILIES[family]
-        return head(num_features, init_loc.shape, len(site.unconstrained_event_shape), **options)
+        return LOCAL_FAMILIES[family](num_features, init_loc.shape, event_dim, **options)
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
         return GlobalNormal(
@@ -761,7 +811,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         encoder: nn.Module | Mapping[str, nn.Module] | None = None,
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
-        site_families: Mapping[str, str] | None = None,
+        site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
@@ -829,7 +879,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
-        site_families: Mapping[str, str] | None = None,
+        site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
@@ -892,7 +942,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
         hidden_dims: Sequence[int] = (256,),
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
-        site_families: Mapping[str, str] | None = None,
+        site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,

@@ -246,17 +246,18 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
 
 @contextmanager
 def widened(heads: Iterable[nn.Module], factor: float) -> Iterator[None]:
-    """Within the block, the Gaussian and flow heads among ``heads`` spread
-    their distributions ``factor`` times wider about the same location (their
-    scales, or scale factors, times ``factor``); Delta and discrete heads are
-    unchanged. A wider proposal keeps importance weights light-tailed.
+    """Within the block, the heads among ``heads`` that have a ``widening``
+    attribute (the Gaussian and flow heads, and a user's head that honours it)
+    spread their distributions ``factor`` times wider about the same location
+    (their scales, or scale factors, times ``factor``); Delta and discrete
+    heads are unchanged. A wider proposal keeps importance weights light-tailed.
 
     Usage::
 
         with widened(guide.network.heads.values(), 1.5):
             ...
     """
-    heads = [head for head in heads if isinstance(head, _LinearHead)]
+    heads = [head for head in heads if hasattr(head, "widening")]
     previous = [head.widening for head in heads]
     for head in heads:
         head.widening = factor
@@ -481,7 +482,7 @@ class GlobalDelta(PyroModule):
 
 def _gaussian(distribution: dist.Distribution) -> tuple[dist.Distribution, Transform | None]:
     """A head's Gaussian or Delta distribution and its reshape, or ``(None, None)``
-    for a distribution with no closed-form marginals (a flow)."""
+    for a distribution with no closed-form marginals (a flow, a user's head)."""
     reshape = None
     if isinstance(distribution, dist.TransformedDistribution):
         if len(distribution.transforms) != 1 or not isinstance(
@@ -492,9 +493,18 @@ def _gaussian(distribution: dist.Distribution) -> tuple[dist.Distribution, Trans
         distribution = distribution.base_dist
     while isinstance(distribution, dist.Independent):
         distribution = distribution.base_dist
-    if isinstance(distribution, dist.TransformedDistribution):
+    if not isinstance(distribution, _CLOSED_FORM):
         return None, None
     return distribution, reshape
+
+
+_CLOSED_FORM = (
+    dist.Normal,
+    dist.MultivariateNormal,
+    dist.LowRankMultivariateNormal,
+    dist.Delta,
+)
+"""Distributions whose marginals are Gaussian (or a point): exact quantiles."""
 
 
 def marginal_loc_scale(distribution: dist.Distribution) -> tuple[torch.Tensor, torch.Tensor]:
@@ -518,19 +528,15 @@ def unconstrained_quantiles(
     distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
     """Coordinate-wise quantiles of a head's distribution: exact marginals for the
-    Gaussian families, and for a flow empirical quantiles of
+    Gaussian families, and for any other (a flow, a user's head) empirical quantiles of
     :data:`NUM_QUANTILE_SAMPLES` samples drawn with a fixed seed (repeatable,
     leaving the global random state untouched).
 
     :returns: a tensor with a leading dimension over ``quantiles``.
     """
     if _gaussian(distribution)[0] is None:
-        noise = distribution
-        while isinstance(noise, (dist.TransformedDistribution, dist.Independent)):
-            noise = noise.base_dist
-        device = noise.mean.device
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        # Every CUDA generator is forked too: the samples may be drawn on any device.
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             torch.manual_seed(0)
             samples = distribution.sample((NUM_QUANTILE_SAMPLES,))
         levels = torch.as_tensor(quantiles, dtype=samples.dtype, device=samples.device)
