@@ -19,7 +19,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoGuide
-from pyro.infer.autoguide.initialization import init_to_feasible
+from pyro.infer.autoguide.initialization import init_to_feasible, init_to_median
 from pyro.nn import PyroModule
 from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
@@ -794,7 +794,10 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         :class:`AutoAmortizedGuide`).
     :param encoder: an encoder module or a mapping from data plate to module.
     :param hidden_dims: hidden widths of the default encoder.
-    :param callable init_loc_fn: per-site initialization.
+    :param callable init_loc_fn: per-site initialization; by default
+        :func:`~pyro.infer.autoguide.initialization.init_to_median`, as for
+        Pyro's ``AutoDelta``: point estimates that all start at zero can sit
+        at a saddle (a factor model's codes and loadings, for one).
     :param site_families: family per local site (see :class:`AutoAmortizedGuide`).
     :param enumerate_discrete: enumeration of discrete local sites (see
         :class:`AutoAmortizedGuide`).
@@ -810,7 +813,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         amortize_on: AmortizeOn = None,
         encoder: nn.Module | Mapping[str, nn.Module] | None = None,
         hidden_dims: Sequence[int] = (256,),
-        init_loc_fn: Callable = init_to_feasible,
+        init_loc_fn: Callable = init_to_median,
         site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
