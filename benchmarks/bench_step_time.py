@@ -30,8 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -39,6 +37,7 @@ from collections.abc import Callable
 
 import pyro
 import torch
+from common import Figure, machine_line, print_table, save_figure
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
 from pyro_amortized import (
@@ -148,11 +147,7 @@ def main() -> None:
         f"{args.warmup} warm-up steps, then {args.repeats} interleaved blocks of "
         f"{args.steps} steps per guide"
     )
-    print(
-        f"torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"{args.threads} torch thread(s), {args.clock} clock, {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()})"
-    )
+    print(machine_line(args.threads, args.clock))
     results = {}
     for family in args.families.split(","):
         for name, elbo in elbos.items():
@@ -176,18 +171,32 @@ def main() -> None:
         )
         for name, result in results.items()
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    print_table(
+        "Median time per SVI step (ratio: ours / hand-written, median over blocks)", header, rows
+    )
+    plot(results)
 
-    def line(cells: tuple[str, ...]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
-    print()
-    print("Median time per SVI step (ratio: ours / hand-written, median over blocks)")
-    print()
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
+def plot(results: dict[tuple[str, str], dict[str, float]]) -> None:
+    """The median ratios with their interquartile ranges, one bar per row."""
+    figure = Figure(figsize=(7, 0.45 * len(results) + 1.2))
+    axes = figure.subplots()
+    labels = [f"{family}, {elbo}" for family, elbo in results]
+    ratios = [result["ratio"] for result in results.values()]
+    spread = [
+        [result["ratio"] - result["ratio_q1"] for result in results.values()],
+        [result["ratio_q3"] - result["ratio"] for result in results.values()],
+    ]
+    positions = range(len(labels))
+    axes.barh(positions, ratios, xerr=spread, color="tab:blue", alpha=0.7)
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.axvline(1.05, color="tab:red", linestyle="--", linewidth=1, label="1.05")
+    axes.set_yticks(list(positions), labels)
+    axes.invert_yaxis()
+    axes.set_xlim(0.8, max(1.2, max(ratios) + 0.1))
+    axes.set_xlabel("time per step, amortized / hand-written (median, IQR)")
+    axes.legend(loc="lower right")
+    save_figure(figure, "step_time.png")
 
 
 if __name__ == "__main__":

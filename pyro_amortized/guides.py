@@ -363,9 +363,8 @@ class AutoAmortizedGuide(AutoGuide):
             if site.discrete is None
         }
         for plate in structure.data_plates.values():
-            self._locations.update(
-                {name: locate_argument(self.model, name) for name in plate.inputs}
-            )
+            names = plate.inputs + ((plate.indices,) if plate.indices else ())
+            self._locations.update({name: locate_argument(self.model, name) for name in names})
             self._build_plate(plate, structure, trace, outer, arguments, device)
         for name in structure.global_sites:
             site = structure.sites[name]
@@ -556,6 +555,9 @@ class AutoAmortizedGuide(AutoGuide):
                 f"with guide.to('{first.device}')."
             )
         size, subsample_size = sizes
+        if plate.indices is not None:  # the model's own minibatch
+            subsample = self._locations[plate.indices].fetch(args, kwargs)
+            return pyro.plate(plate.name, size, subsample=subsample, dim=plate.dim)
         return pyro.plate(
             plate.name, size, subsample_size=subsample_size, dim=plate.dim, device=first.device
         )

@@ -15,6 +15,11 @@ their names with :func:`inspect.signature`. From the two:
 * sites the model enumerates (``infer={"enumerate": ...}``) are left to the ELBO,
   observed and deterministic sites are never guided.
 
+A data plate given its minibatch explicitly
+(``pyro.plate("data", N, subsample=indices)``) must find ``indices`` among the
+model's arguments: the guide's plate then takes the same rows, and the indices
+feed no encoder.
+
 ``amortize_on`` overrides the choice of inputs: an argument name, a list of
 names, or a mapping ``{plate name: [argument names]}``.
 """
@@ -32,6 +37,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 from torch.distributions.transforms import identity_transform
@@ -55,6 +61,8 @@ class DataPlate:
     :param presubsampled: ``True`` when the inputs hold only the minibatch rows
         (a plate ``pyro.plate(name, N, subsample_size=len(x))`` over a batch ``x``).
     :param sites: the local latent sites in this plate, in model order.
+    :param indices: the model argument holding the plate's minibatch indices
+        when the model passes them (``pyro.plate(name, N, subsample=indices)``).
     """
 
     name: str
@@ -65,6 +73,7 @@ class DataPlate:
     point_shapes: tuple[torch.Size, ...]
     presubsampled: bool
     sites: tuple[str, ...]
+    indices: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,9 +255,29 @@ def trace_prototype(
         (for example vectorized ELBO particles), which are not the model's.
     """
     outer = frozenset(frame.name for frame in pyro.poutine.runtime.get_plates())
-    model = InitMessenger(_init_fn(init_loc_fn))(model)
+    model = InitMessenger(_init_fn(init_loc_fn))(_MarkExplicitSubsample()(model))
     trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
     return trace, outer
+
+
+_EXPLICIT = "_pyro_amortized_explicit_subsample"
+
+
+class _MarkExplicitSubsample(Messenger):
+    """Marks the subsample sites of plates given their indices by the model
+    (``pyro.plate(name, N, subsample=indices)``): their value is set on entry."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if site_is_subsample(msg) and msg["value"] is not None:
+            msg["infer"][_EXPLICIT] = True
+
+
+def explicit_indices(trace: poutine.Trace, plate: str) -> torch.Tensor | None:
+    """The minibatch indices a model passed to ``plate``, if it passed any."""
+    site = trace.nodes.get(plate)
+    if site is None or not site["infer"].get(_EXPLICIT):
+        return None
+    return site["value"]
 
 
 def model_value(site: dict, outer: frozenset[str]) -> torch.Tensor:
@@ -287,7 +316,13 @@ def read_model(
         if plate is not None:
             members.setdefault(plate, []).append(name)
     data_plates = {
-        plate: _data_plate(frames[plate], candidates[plate], arguments, tuple(names))
+        plate: _data_plate(
+            frames[plate],
+            candidates[plate],
+            arguments,
+            tuple(names),
+            explicit_indices(trace, plate),
+        )
         for plate, names in members.items()
     }
     return ModelStructure(data_plates=data_plates, sites=sites, frames=frames)
@@ -520,11 +555,21 @@ def _data_plate(
     inputs: tuple[str, ...],
     arguments: dict,
     sites: tuple[str, ...],
+    explicit: torch.Tensor | None,
 ) -> DataPlate:
     full_size = frame.full_size or frame.size
+    indices = None if explicit is None else _indices_argument(frame.name, explicit, arguments)
+    inputs = tuple(name for name in inputs if name != indices)
+    if not inputs:
+        raise ValueError(
+            f"Plate '{frame.name}' holds latent sites, but no model argument other than "
+            f"its indices '{indices}' has one row per data point. Pass the data as an "
+            "argument, or name the inputs with amortize_on=."
+        )
     rows = {arguments[name].shape[0] for name in inputs}
     presubsampled = full_size != frame.size and rows == {frame.size}
     return DataPlate(
+        indices=indices,
         name=frame.name,
         dim=frame.dim,
         full_size=full_size,
@@ -533,6 +578,27 @@ def _data_plate(
         point_shapes=tuple(arguments[name].shape[1:] for name in inputs),
         presubsampled=presubsampled,
         sites=sites,
+    )
+
+
+def _indices_argument(plate: str, indices: torch.Tensor, arguments: dict[str, Any]) -> str:
+    """The model argument that holds the indices a model passed to a plate."""
+    for name, value in arguments.items():
+        if value is indices:
+            return name
+    for name, value in arguments.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and not value.is_floating_point()
+            and value.shape == indices.shape
+            and torch.equal(value, indices.to(value.device))
+        ):
+            return name
+    raise ValueError(
+        f"The model gives plate '{plate}' its minibatch indices (subsample=...), but "
+        "they are not one of its arguments, so the guide cannot take the same rows. "
+        "Pass the indices as an argument of the model, or let the plate draw them "
+        "(subsample_size=...)."
     )
 
 

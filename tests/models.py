@@ -101,3 +101,20 @@ def mixture_data(num_rows, seed=0):
     generator = torch.Generator().manual_seed(seed)
     centers = torch.tensor([-3.0, 3.0])[torch.randint(2, (num_rows,), generator=generator)]
     return centers + torch.randn(num_rows, generator=generator)
+
+
+def indexed_model(x, indices):
+    """The user draws the minibatch: ``indices`` of the rows of ``x``."""
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([LATENT, FEATURES]).to_event(2))
+    with pyro.plate("data", x.shape[0], subsample=indices):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
+        mean = (z.unsqueeze(-2) @ w).squeeze(-2)
+        pyro.sample("x", dist.Normal(mean, 0.5).to_event(1), obs=x[indices])
+
+
+def indexed_batch_model(x, indices, num_data):
+    """The minibatch ``x`` comes with its row indices among ``num_data`` rows."""
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([LATENT, FEATURES]).to_event(2))
+    with pyro.plate("data", num_data, subsample=indices):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
+        pyro.sample("x", dist.Normal((z.unsqueeze(-2) @ w).squeeze(-2), 0.5).to_event(1), obs=x)

@@ -12,6 +12,8 @@ from models import (
     count_data,
     factor_data,
     factor_model,
+    indexed_batch_model,
+    indexed_model,
     minibatch_model,
     mixture_data,
     mixture_model,
@@ -152,6 +154,37 @@ def test_guide_encodes_the_model_minibatch_rows():
     # The Delta family is deterministic: the guide's codes are those of exactly these rows.
     assert torch.equal(guide_trace.nodes["z"]["value"], guide.median(x[rows])["z"])
     assert not torch.equal(guide_trace.nodes["z"]["value"], guide.median(x[:32])["z"])
+
+
+def test_indices_passed_by_the_model_are_the_guide_minibatch():
+    x, indices = factor_data(100), torch.randperm(100)[:16]
+    guide = AutoAmortizedDelta(indexed_model, init_loc_fn=init_to_sample)
+    train(indexed_model, guide, x, indices, steps=5)
+    assert guide.data_plates == {"data": ("x",)}  # the indices feed no encoder
+    guide_trace = poutine.trace(guide).get_trace(x, indices)
+    assert torch.equal(guide_trace.nodes["data"]["value"], indices)
+    assert torch.equal(guide_trace.nodes["z"]["value"], guide.median(x[indices])["z"])
+
+
+def test_indices_passed_with_the_minibatch_rows():
+    x = factor_data(100)
+    guide = AutoAmortizedGuide(indexed_batch_model)
+    losses = train(indexed_batch_model, guide, x[:20], torch.arange(20), 100, steps=3)
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert guide.data_plates == {"data": ("x",)}
+    trace = poutine.trace(guide).get_trace(x[40:50], torch.arange(40, 50), 100)
+    assert torch.equal(trace.nodes["data"]["value"], torch.arange(40, 50))
+    assert trace.nodes["z"]["scale"] == 10.0
+
+
+def test_indices_the_guide_cannot_find_are_a_clear_error():
+    def model(x):
+        with pyro.plate("data", x.shape[0], subsample=torch.arange(5)):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x[:5])
+
+    with pytest.raises(ValueError, match="not one of its arguments"):
+        AutoAmortizedGuide(model)(torch.randn(10))
 
 
 def test_user_minibatches_and_a_short_last_batch():
