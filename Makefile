@@ -19,7 +19,7 @@ help:
 	@echo "make docs      build the HTML docs (warnings are errors)"
 	@echo "make test      install, lint, unit, tutorials-short, docs"
 	@echo "make demo      train an amortized VAE on the 8x8 digits"
-	@echo "make bench     time SVI steps against a hand-written guide"
+	@echo "make bench     run the benchmarks (tables printed, plots in benchmark-results/)"
 	@echo "make clean     remove build and cache files (distclean also removes $(VENV))"
 
 install: $(STAMP)
@@ -63,12 +63,14 @@ test: install lint unit tutorials-short docs
 demo: install
 	$(PYTHON) examples/vae_digits.py
 
+BENCHMARKS := bench_step_time bench_pytorch bench_new_data bench_memory bench_batch_size
+
 bench: install
-	$(PYTHON) benchmarks/bench_step_time.py
+	for script in $(BENCHMARKS); do $(PYTHON) benchmarks/$$script.py || exit 1; done
 
 clean:
 	rm -rf docs/_build docs/tutorials build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
-	rm -f vae_digits.png
+	rm -rf vae_digits.png benchmark-results
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

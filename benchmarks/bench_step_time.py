@@ -75,10 +75,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_svi(kind: str, family: str, elbo: Callable[[], object], x: torch.Tensor) -> SVI:
+def make_svi(
+    kind: str, family: str, elbo: Callable[[], object], x: torch.Tensor, batch_size: int
+) -> SVI:
     """An SVI object for one guide, with its own decoder name in the param store."""
     decoder = Decoder(LATENT_DIM, HIDDEN_DIM, x.shape[1])
-    model = digits_vae_model(decoder, LATENT_DIM, batch_size=BATCH_SIZE, name=f"decoder_{kind}")
+    model = digits_vae_model(decoder, LATENT_DIM, batch_size=batch_size, name=f"decoder_{kind}")
     if kind == "ours" and family == "lowrank_multivariate_normal":
         guide = AutoAmortizedLowRankMultivariateNormal(model, hidden_dims=(HIDDEN_DIM,), rank=RANK)
     elif kind == "ours" and family == "normalizing_flow":  # IAF: JitTrace_ELBO traces it
@@ -90,7 +92,7 @@ def make_svi(kind: str, family: str, elbo: Callable[[], object], x: torch.Tensor
             x.shape[1],
             LATENT_DIM,
             HIDDEN_DIM,
-            batch_size=BATCH_SIZE,
+            batch_size=batch_size,
             name="hand_encoder",
             family=family,
             rank=RANK,
@@ -107,13 +109,17 @@ def time_block(svi: SVI, x: torch.Tensor, steps: int, clock: Callable[[], float]
 
 
 def bench(
-    family: str, elbo: Callable[[], object], x: torch.Tensor, args: argparse.Namespace
+    family: str,
+    elbo: Callable[[], object],
+    x: torch.Tensor,
+    args: argparse.Namespace,
+    batch_size: int = BATCH_SIZE,
 ) -> dict[str, float]:
     """Median seconds per step of each guide, and the median ratio ours / hand."""
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    svis = {kind: make_svi(kind, family, elbo, x) for kind in ("ours", "hand")}
+    svis = {kind: make_svi(kind, family, elbo, x, batch_size) for kind in ("ours", "hand")}
     for svi in svis.values():
         time_block(svi, x, args.warmup, clock)
     times: dict[str, list[float]] = {"ours": [], "hand": []}
