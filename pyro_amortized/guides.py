@@ -339,6 +339,12 @@ class AutoAmortizedGuide(AutoGuide):
         self._require_structure()
         return dict(self._upstream)
 
+    @property
+    def _network(self) -> InferenceNetwork:
+        """The inference network, without registering its parameters with Pyro
+        (``self.network`` registers them, once per run of the guide)."""
+        return self._modules["network"]
+
     def _require_structure(self) -> ModelStructure:
         if self._structure is None:
             raise RuntimeError(
@@ -546,7 +552,7 @@ class AutoAmortizedGuide(AutoGuide):
                     rows,
                     rows if plate.subsample_size is None else min(plate.subsample_size, rows),
                 )
-        parameter = next(self.network.parameters(), None)
+        parameter = next(self._network.parameters(), None)
         guide_device = first.device if parameter is None else parameter.device
         if first.device != guide_device:
             raise ValueError(
@@ -574,7 +580,7 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> torch.Tensor:
         """The encoder's features of the rows ``indices`` (all rows for ``None``)."""
         inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), indices, size)
-        return encode_features(self.network.encoders[_module_key(plate.name)], inputs)
+        return encode_features(self._network.encoders[_module_key(plate.name)], inputs)
 
     def _run(
         self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool = False
@@ -687,7 +693,7 @@ class AutoAmortizedGuide(AutoGuide):
         for plate in structure.data_plates.values():
             features = features_of(plate, args, kwargs, None, None)
             for name in plate.sites:
-                head = self.network.heads[_module_key(name)]
+                head = self._network.heads[_module_key(name)]
                 result[name] = head(self._head_input(features, plate, name, values))
                 if name in read:
                     values[name] = self._site_quantiles(name, result[name], [0.5])[0]

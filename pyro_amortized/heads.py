@@ -355,12 +355,6 @@ class FlowHead(_CorrelatedHead):
         self.register_buffer("reversal", torch.arange(self.size - 1, -1, -1))
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
-        if self.flow == "spline" and torch.jit.is_tracing():
-            raise NotImplementedError(
-                "Pyro's spline flows select the values inside the spline's interval by "
-                "masking, which torch.jit cannot trace. Train spline flows with "
-                "Trace_ELBO (or another ELBO without JIT), or use flow='iaf'."
-            )
         loc = self._outputs(self.loc, features, self.size)
         scale = self.widening * (
             softplus(self._outputs(self.scale, features, self.size)) + MIN_SCALE
