@@ -63,7 +63,13 @@ class MLPEncoder(nn.Module):
         flat = [
             value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
         ]
-        return self.layers(flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1))
+        joined = flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
+        if not torch.jit.is_tracing() and not torch.isfinite(joined).all():
+            raise ValueError(
+                "The encoder's inputs hold NaN or infinite values. Remove or impute them "
+                "before training, or pass an encoder= that handles missing values."
+            )
+        return self.layers(joined)
 
 
 def plate_inputs(

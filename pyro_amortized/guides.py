@@ -22,6 +22,7 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_median
 from pyro.nn import PyroModule
 from pyro.ops.tensor_utils import periodic_repeat
+from pyro.params.param_store import param_with_module_name
 from torch import nn
 from torch.distributions import ComposeTransform, Transform, TransformedDistribution
 from torch.distributions.transforms import IndependentTransform
@@ -104,6 +105,35 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
 Family = str | Callable[..., nn.Module]
 """A local site's family: a name from :data:`LOCAL_FAMILIES`, or a head
 constructor (see :ref:`writing-a-head`)."""
+
+
+def _check_rows(plate: DataPlate, first: Any) -> None:
+    if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] == 0:
+        raise ValueError(
+            f"Argument '{plate.inputs[0]}' of plate '{plate.name}' has no rows in this "
+            "call; pass at least one data point."
+        )
+
+
+def _adopt_stored(network: nn.Module, name: str, full_name: str, stored: torch.Tensor) -> None:
+    """Puts a parameter from Pyro's param store in the network in place of its own."""
+    module_name, _, attribute = name.rpartition(".")
+    module = network.get_submodule(module_name)
+    own = module._parameters[attribute]
+    if stored.shape != own.shape:
+        raise ValueError(
+            f"Pyro's param store holds '{full_name}' with shape {tuple(stored.shape)}, but "
+            f"this guide's parameter has shape {tuple(own.shape)}: another guide of the "
+            "same class (parameters are named after the class) or a loaded param store "
+            "has it. Call pyro.clear_param_store() before building this guide, or set "
+            "pyro.settings.set(module_local_params=True) to keep parameters in each guide."
+        )
+    if not isinstance(stored, nn.Parameter):  # a loaded store holds plain tensors
+        stored = nn.Parameter(stored.detach().requires_grad_())
+        store = pyro.get_param_store()
+        store._params[full_name] = stored
+        store._param_to_name[stored] = full_name
+    module._parameters[attribute] = stored
 
 
 def _check_site_families(site_families: Mapping[str, Family] | None) -> dict[str, Family]:
@@ -345,6 +375,27 @@ class AutoAmortizedGuide(AutoGuide):
         (``self.network`` registers them, once per run of the guide)."""
         return self._modules["network"]
 
+    def _registered_network(self) -> InferenceNetwork:
+        """The inference network, its parameters registered with Pyro for this run.
+
+        With Pyro's global param store, parameters are named after the guide's
+        class, and the store is the source of truth, as for every Pyro
+        parameter: a parameter already stored under a name (loaded with
+        ``pyro.get_param_store().load``, or created by another guide of this
+        class) replaces the network's own, so that the network computes with
+        the tensors that the optimizer updates.
+        """
+        if not self._pyro_context.active or pyro.settings.get("module_local_params"):
+            return self.network  # PyroModule's own handling
+        network = self._network
+        prefix = self._pyro_get_fullname("network")
+        for name, value in list(network.named_parameters()):
+            full_name = param_with_module_name(prefix, name)
+            stored = pyro.param(full_name, value)
+            if stored is not value:
+                _adopt_stored(network, name, full_name, stored)
+        return network
+
     def _require_structure(self) -> ModelStructure:
         if self._structure is None:
             raise RuntimeError(
@@ -501,6 +552,8 @@ class AutoAmortizedGuide(AutoGuide):
             created = self.create_plates(*args, **kwargs)
             created = [created] if isinstance(created, pyro.plate) else list(created)
             plates = {plate.name: plate for plate in created}
+        for plate in structure.data_plates.values():
+            _check_rows(plate, self._input_values(plate, args, kwargs)[0])
         sizes = self._data_plate_sizes(args, kwargs)
         if every_row:
             sizes = {name: (size, size) for name, (size, _) in sizes.items()}
@@ -552,14 +605,7 @@ class AutoAmortizedGuide(AutoGuide):
                     rows,
                     rows if plate.subsample_size is None else min(plate.subsample_size, rows),
                 )
-        parameter = next(self._network.parameters(), None)
-        guide_device = first.device if parameter is None else parameter.device
-        if first.device != guide_device:
-            raise ValueError(
-                f"The data of plate '{plate.name}' is on {first.device}, but the guide is on "
-                f"{guide_device}. Move the data with .to('{guide_device}'), or the guide "
-                f"with guide.to('{first.device}')."
-            )
+        self._check_data(plate, args, kwargs)
         size, subsample_size = sizes
         if plate.indices is not None:  # the model's own minibatch
             subsample = self._locations[plate.indices].fetch(args, kwargs)
@@ -567,6 +613,27 @@ class AutoAmortizedGuide(AutoGuide):
         return pyro.plate(
             plate.name, size, subsample_size=subsample_size, dim=plate.dim, device=first.device
         )
+
+    def _check_data(self, plate: DataPlate, args: tuple, kwargs: dict) -> None:
+        """Device and floating-point type of a data plate's inputs."""
+        parameter = next(self._network.parameters(), None)
+        if parameter is None:
+            return
+        for name, value in zip(plate.inputs, self._input_values(plate, args, kwargs), strict=True):
+            if not isinstance(value, torch.Tensor):
+                continue  # plate_inputs says what is wrong
+            if value.device != parameter.device:
+                raise ValueError(
+                    f"Argument '{name}' of plate '{plate.name}' is on {value.device}, but the "
+                    f"guide is on {parameter.device}. Move the data with "
+                    f".to('{parameter.device}'), or the guide with guide.to('{value.device}')."
+                )
+            if value.is_floating_point() and value.dtype != parameter.dtype:
+                raise ValueError(
+                    f"Argument '{name}' of plate '{plate.name}' is {value.dtype}, but the "
+                    f"guide's parameters are {parameter.dtype}. Convert the data (for example "
+                    f"{name}.to({parameter.dtype})), or the guide (guide.to({value.dtype}))."
+                )
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Samples every latent site the guide covers, given the model's arguments.
@@ -592,8 +659,7 @@ class AutoAmortizedGuide(AutoGuide):
             self._setup_prototype(*args, **kwargs)
         plates = self._plates(args, kwargs, every_row)
         result = self._sample_globals(plates)
-        # One attribute access registers every network parameter with Pyro.
-        heads = self.network.heads
+        heads = self._registered_network().heads
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
                 features = features_of(plate, args, kwargs, indices, plates[plate.name].size)
