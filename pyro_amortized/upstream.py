@@ -10,6 +10,7 @@ sites the posterior couples are linked, and the later site in the guide's order
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -97,15 +98,7 @@ def upstream_sites(
     if dependencies == "mean_field":
         return {}
     if dependencies == "model":
-        return {
-            name: inputs
-            for name in structure.local_sites
-            if (
-                inputs := tuple(
-                    s for s in readable_sites(structure, name) if s in coupled.get(name, ())
-                )
-            )
-        }
+        return _model_upstream(structure, coupled)
     unknown = sorted(set(dependencies) - set(structure.local_sites))
     if unknown:
         raise ValueError(
@@ -122,6 +115,47 @@ def upstream_sites(
                 f"it: {', '.join(readable) or 'none'}."
             )
     return {name: tuple(inputs) for name, inputs in dependencies.items() if inputs}
+
+
+MAX_GLOBAL_INPUTS = 64
+"""With ``dependencies="model"``, a head reads a coupled global site only if the
+site has at most this many (unconstrained) values: a large global (a topic-word
+matrix, a decoder's weights as a latent) would swamp the encoder's features
+and slow every step. Name it in a ``dependencies`` mapping to read it anyway."""
+
+
+def _global_size(site: LatentSite) -> int:
+    plates = math.prod(frame.full_size or frame.size for frame in site.frames)
+    return plates * math.prod(site.unconstrained_event_shape)
+
+
+def _model_upstream(
+    structure: ModelStructure, coupled: Mapping[str, set[str]]
+) -> dict[str, tuple[str, ...]]:
+    """The sites each local head reads under ``dependencies="model"``."""
+    result, too_large = {}, {}
+    for name in structure.local_sites:
+        inputs = []
+        for site in readable_sites(structure, name):
+            if site not in coupled.get(name, ()):
+                continue
+            info = structure.sites[site]
+            if not info.is_local and _global_size(info) > MAX_GLOBAL_INPUTS:
+                too_large.setdefault(site, []).append(name)
+                continue
+            inputs.append(site)
+        if inputs:
+            result[name] = tuple(inputs)
+    for site, readers in too_large.items():
+        warnings.warn(
+            f"The posterior of local site(s) {readers} depends on global site '{site}' "
+            f"({_global_size(structure.sites[site])} values), which their heads do not "
+            f"read: more than {MAX_GLOBAL_INPUTS} values would swamp the encoder's "
+            f"features. Name it in dependencies={{'{readers[0]}': [...]}} to read it "
+            "anyway, or pass dependencies='mean_field' to silence this.",
+            stacklevel=6,
+        )
+    return result
 
 
 def per_point(value: torch.Tensor, site: LatentSite, plate_dim: int) -> torch.Tensor:

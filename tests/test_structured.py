@@ -75,6 +75,7 @@ def test_dependencies_from_the_model_the_option_and_its_errors():
     guide = AutoAmortizedGuide(factor_model)
     guide(x)
     assert guide.upstream_sites == {"z": ("w", "noise")}
+    pyro.clear_param_store()  # a guide of the same class with another head
     named = AutoAmortizedGuide(factor_model, dependencies={"z": []})
     named(x)
     assert named.upstream_sites == {}
@@ -95,3 +96,21 @@ def test_a_head_reading_a_global_follows_its_value():
     w = trace.nodes["w"]["value"]
     shifted = poutine.trace(poutine.condition(guide, data={"w": w + 1.0})).get_trace(x)
     assert not torch.allclose(trace.nodes["z"]["fn"].mean, shifted.nodes["z"]["fn"].mean)
+
+
+def test_large_globals_are_not_read_unless_named():
+    def model(x):
+        topics = pyro.sample("topics", dist.Normal(0.0, 1.0).expand([10, 20]).to_event(2))
+        with pyro.plate("docs", x.shape[0]):
+            theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([10]).to_event(1))
+            pyro.sample("x", dist.Normal(theta @ topics, 1.0).to_event(1), obs=x)
+
+    x = torch.randn(8, 20)
+    with pytest.warns(UserWarning, match=r"global site 'topics' \(200 values\).*dependencies="):
+        guide = AutoAmortizedGuide(model)
+        guide(x)
+    assert guide.upstream_sites == {}
+    pyro.clear_param_store()
+    named = AutoAmortizedGuide(model, dependencies={"theta": ["topics"]})
+    named(x)
+    assert named.upstream_sites == {"theta": ("topics",)}
