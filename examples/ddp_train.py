@@ -100,7 +100,7 @@ def train(args: argparse.Namespace) -> None:
     pyro.settings.set(module_local_params=True)  # parameters live in the modules
     pyro.set_rng_seed(rank)  # each process draws its own latent samples
     data = load_data()
-    guide = FAMILIES[args.family](model)
+    guide = FAMILIES[args.family](model, dependencies="mean_field")  # heads read the data
     guide(data[:2], len(data))  # reads the model and creates every parameter
     loss_fn = Trace_ELBO()(model, guide)
     if world_size > 1:

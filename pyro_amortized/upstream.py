@@ -153,7 +153,7 @@ def _model_upstream(
             f"read: more than {MAX_GLOBAL_INPUTS} values would swamp the encoder's "
             f"features. Name it in dependencies={{'{readers[0]}': [...]}} to read it "
             "anyway, or pass dependencies='mean_field' to silence this.",
-            stacklevel=6,
+            stacklevel=2,
         )
     return result
 
