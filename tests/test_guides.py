@@ -571,7 +571,7 @@ def test_site_families_choose_a_family_per_local_site():
 
 
 def test_site_families_errors():
-    with pytest.raises(ValueError, match="family 'flowy'; the families are: normal"):
+    with pytest.raises(ValueError, match="family 'flowy'. A family is one of normal"):
         AutoAmortizedGuide(factor_model, site_families={"z": "flowy"})
     guide = AutoAmortizedGuide(factor_model, site_families={"w": "delta"})
     with pytest.raises(ValueError, match=r"names \['w'\], which are not local.*: z"):
