@@ -115,7 +115,9 @@ def _check_rows(plate: DataPlate, first: Any) -> None:
         )
 
 
-def _adopt_stored(network: nn.Module, name: str, full_name: str, stored: torch.Tensor) -> None:
+def _adopt_stored(
+    network: nn.Module, name: str, full_name: str, stored: torch.Tensor
+) -> nn.Parameter:
     """Puts a parameter from Pyro's param store in the network in place of its own."""
     module_name, _, attribute = name.rpartition(".")
     module = network.get_submodule(module_name)
@@ -130,10 +132,19 @@ def _adopt_stored(network: nn.Module, name: str, full_name: str, stored: torch.T
         )
     if not isinstance(stored, nn.Parameter):  # a loaded store holds plain tensors
         stored = nn.Parameter(stored.detach().requires_grad_())
-        store = pyro.get_param_store()
-        store._params[full_name] = stored
-        store._param_to_name[stored] = full_name
+        _put_in_store(pyro.get_param_store(), full_name, stored)
     module._parameters[attribute] = stored
+    return stored
+
+
+def _put_in_store(store: Any, full_name: str, value: nn.Parameter) -> None:
+    """Makes ``value`` the param store's tensor under ``full_name``, as
+    :class:`~pyro.nn.PyroModule` does for its own parameters."""
+    previous = store._params.get(full_name)
+    if previous is not None:
+        store._param_to_name.pop(previous, None)
+    store._params[full_name] = value
+    store._param_to_name[value] = full_name
 
 
 def _check_site_families(site_families: Mapping[str, Family] | None) -> dict[str, Family]:
@@ -321,6 +332,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._transforms: dict[str, Transform] = {}
         self._plate_sizes: dict[tuple, dict[str, tuple[int, int]]] = {}
         self._upstream: dict[str, tuple[str, ...]] = {}
+        self._ran_with_store = False  # whether the network has been in the param store
 
     @staticmethod
     def _check_options(
@@ -375,25 +387,47 @@ class AutoAmortizedGuide(AutoGuide):
         (``self.network`` registers them, once per run of the guide)."""
         return self._modules["network"]
 
+    def _reclaim_global_params(self) -> None:
+        """After its first run, a guide puts its own global parameters back in
+        the param store where another guide's stand (see
+        :meth:`_registered_network`); Pyro's modules then read them as they are."""
+        if not self._ran_with_store or pyro.settings.get("module_local_params"):
+            return
+        store = pyro.get_param_store()
+        prefix = self._pyro_get_fullname("global_params")
+        for key, module in self._modules["global_params"]._modules.items():
+            for name in module._pyro_params:
+                own = module._parameters[name + "_unconstrained"]
+                full_name = f"{prefix}.{key}.{name}"
+                if store._params.get(full_name, own) is not own:
+                    _put_in_store(store, full_name, own)
+
     def _registered_network(self) -> InferenceNetwork:
         """The inference network, its parameters registered with Pyro for this run.
 
         With Pyro's global param store, parameters are named after the guide's
-        class, and the store is the source of truth, as for every Pyro
-        parameter: a parameter already stored under a name (loaded with
-        ``pyro.get_param_store().load``, or created by another guide of this
-        class) replaces the network's own, so that the network computes with
-        the tensors that the optimizer updates.
+        class. A guide's first run takes the parameters the store already holds
+        under its names (loaded with ``pyro.get_param_store().load``, or
+        created by another guide of this class, which it then shares). From
+        then on the guide keeps its own: if the store was cleared and another
+        guide of the class has put its parameters there since, this guide puts
+        its own back, so a guide trained earlier still scores with its own.
         """
         if not self._pyro_context.active or pyro.settings.get("module_local_params"):
             return self.network  # PyroModule's own handling
         network = self._network
         prefix = self._pyro_get_fullname("network")
+        store = pyro.get_param_store()
         for name, value in list(network.named_parameters()):
             full_name = param_with_module_name(prefix, name)
-            stored = pyro.param(full_name, value)
-            if stored is not value:
-                _adopt_stored(network, name, full_name, stored)
+            stored = store._params.get(full_name)
+            if stored is not None and stored is not value:
+                if self._ran_with_store:
+                    _put_in_store(store, full_name, value)
+                else:
+                    value = _adopt_stored(network, name, full_name, stored)
+            pyro.param(full_name, value)
+        self._ran_with_store = True
         return network
 
     def _require_structure(self) -> ModelStructure:
@@ -658,6 +692,7 @@ class AutoAmortizedGuide(AutoGuide):
         if self._structure is None:
             self._setup_prototype(*args, **kwargs)
         plates = self._plates(args, kwargs, every_row)
+        self._reclaim_global_params()
         result = self._sample_globals(plates)
         heads = self._registered_network().heads
         for plate in self._structure.data_plates.values():

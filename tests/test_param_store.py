@@ -84,3 +84,20 @@ def test_module_local_params_keep_guides_apart():
     assert torch.equal(first.median(x)["z"], before)
     assert not torch.equal(second.median(x)["z"], before)
     assert len(pyro.get_param_store()) == 0
+
+
+def test_a_guide_keeps_its_network_after_the_store_is_cleared():
+    x = factor_data(60)
+    first = AutoAmortizedGuide(minibatch_model)
+    train(minibatch_model, first, x, steps=20)
+    expected = first.median(x)["z"]
+    pyro.clear_param_store()
+    second = AutoAmortizedGuide(minibatch_model)
+    train(minibatch_model, second, x, steps=20, lr=0.05)
+    # The first guide runs in Pyro again (an ELBO, a trace): with its own network.
+    loss_first = Trace_ELBO(num_particles=50).loss(minibatch_model, first, x)
+    assert torch.equal(first.median(x)["z"], expected)
+    assert not torch.equal(second.median(x)["z"], expected)
+    loss_second = Trace_ELBO(num_particles=50).loss(minibatch_model, second, x)
+    assert loss_second < loss_first  # trained with a larger rate: each scores with its own
+    assert not torch.equal(second.median(x)["z"], first.median(x)["z"])
