@@ -17,6 +17,13 @@ from torch import nn
 from .structure import DataPlate
 
 
+def all_finite(value: torch.Tensor) -> bool:
+    """Whether every entry of ``value`` is finite. A finite sum proves it (NaN
+    and infinities reach the sum), which is cheaper than testing each entry;
+    only a sum that overflows is checked entry by entry."""
+    return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
+
+
 class MLPEncoder(nn.Module):
     """The default encoder trunk: flattens and concatenates the per-data-point
     inputs, then applies fully connected layers with ``activation`` between them.
@@ -64,7 +71,7 @@ class MLPEncoder(nn.Module):
             value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
         ]
         joined = flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
-        if not torch.jit.is_tracing() and not torch.isfinite(joined).all():
+        if not torch.jit.is_tracing() and not all_finite(joined):
             raise ValueError(
                 "The encoder's inputs hold NaN or infinite values. Remove or impute them "
                 "before training, or pass an encoder= that handles missing values."
@@ -132,11 +139,74 @@ def _check_input(plate: DataPlate, name: str, point_shape: torch.Size, value: ob
 
 
 def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Runs an encoder and flattens its output to ``(batch, num_features)``."""
+    """Runs an encoder and flattens its output to ``(batch, num_features)``.
+
+    :raises ValueError: if the encoder does not return a tensor, or returns
+        NaN or infinite features (its parameters have diverged).
+    """
     features = encoder(*inputs)
     if not isinstance(features, torch.Tensor) or features.dim() == 0:
         raise ValueError(
             f"An encoder must return a tensor of shape (batch, num_features), but "
             f"{type(encoder).__name__} returned {type(features).__name__}."
         )
+    if not torch.jit.is_tracing() and not all_finite(features):
+        raise ValueError(
+            f"The encoder {type(encoder).__name__} returned NaN or infinite features from "
+            "finite inputs: its parameters have diverged (look for a NaN or infinite loss "
+            "in earlier steps). Standardize large inputs (standardize_inputs=True), lower "
+            "the learning rate or clip the gradients (pyro.optim.ClippedAdam)."
+        )
     return features if features.dim() == 2 else features.reshape(features.shape[0], -1)
+
+
+class StandardizingEncoder(nn.Module):
+    """Standardizes each input feature, then runs an encoder:
+    ``encoder(*((x - mean) / scale for x in inputs))``.
+
+    The mean and the standard deviation of each feature (each entry of an
+    input's per-data-point shape) are taken from reference rows and kept as
+    buffers, so they travel with ``state_dict``, ``.to(device)`` and pickling.
+    A feature constant over the reference rows keeps the scale 1. Inputs of
+    large magnitude (raw counts in the thousands, unnormalized pixels) then
+    reach the encoder at unit scale, where an optimizer's first steps cannot
+    throw its outputs far.
+
+    :param encoder: the encoder the standardized inputs go to.
+    :param reference: the reference rows, one tensor per input, each of
+        shape ``(rows, *point_shape)``.
+
+    Usage::
+
+        encoder = StandardizingEncoder(MLPEncoder((256,)), (x_train,))
+        guide = AutoAmortizedGuide(model, encoder=encoder)
+    """
+
+    def __init__(self, encoder: nn.Module, reference: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        if not reference or any(len(value) < 2 for value in reference):
+            raise ValueError(
+                "StandardizingEncoder needs at least two reference rows per input to estimate "
+                "the feature scales (with standardize_inputs=True: the rows of the guide's "
+                "first call)."
+            )
+        self.encoder = encoder
+        self.num_inputs = len(reference)
+        for index, value in enumerate(reference):
+            value = value.detach().to(torch.get_default_dtype())
+            mean, std = value.mean(0), value.std(0, unbiased=False)
+            constant = std <= 1e-6 * (mean.abs() + 1)
+            self.register_buffer(f"mean_{index}", mean)
+            self.register_buffer(f"scale_{index}", torch.where(constant, 1.0, std))
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != self.num_inputs:
+            raise ValueError(
+                f"StandardizingEncoder was built for {self.num_inputs} inputs, but got "
+                f"{len(inputs)}."
+            )
+        standardized = (
+            (value - getattr(self, f"mean_{index}")) / getattr(self, f"scale_{index}")
+            for index, value in enumerate(inputs)
+        )
+        return self.encoder(*standardized)

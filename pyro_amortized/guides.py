@@ -9,6 +9,7 @@ parameters, as Pyro's AutoNormal / AutoDelta.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -27,7 +28,7 @@ from torch import nn
 from torch.distributions import ComposeTransform, Transform, TransformedDistribution
 from torch.distributions.transforms import IndependentTransform
 
-from .encoders import MLPEncoder, encode_features, plate_inputs
+from .encoders import MLPEncoder, StandardizingEncoder, encode_features, plate_inputs
 from .heads import (
     FLOWS,
     DeltaHead,
@@ -105,6 +106,23 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
 Family = str | Callable[..., nn.Module]
 """A local site's family: a name from :data:`LOCAL_FAMILIES`, or a head
 constructor (see :ref:`writing-a-head`)."""
+
+
+LARGE_INPUT = 100.0
+"""Magnitude of an input to the default encoder above which the guide warns
+that it should be standardized."""
+
+
+def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
+    largest = max(float(value.abs().max()) if value.numel() else 0.0 for value in inputs)
+    if largest > LARGE_INPUT:
+        warnings.warn(
+            f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f}. "
+            "An encoder fed unscaled inputs can throw its outputs far in its first steps "
+            "(NaN losses, diverged parameters). Pass standardize_inputs=True, or an "
+            "encoder= that scales them (for example log1p for counts).",
+            stacklevel=4,
+        )
 
 
 def _check_rows(plate: DataPlate, first: Any) -> None:
@@ -288,6 +306,12 @@ class AutoAmortizedGuide(AutoGuide):
         ``None`` (default) samples them, with a score-function baseline.
     :param callable create_plates: optional function of the model's arguments
         returning plates to use instead of the ones the guide builds.
+    :param standardize_inputs: standardize each encoder input feature with its
+        mean and standard deviation over the rows of the guide's first call
+        (every row the arguments hold, the whole data set with a subsampled
+        plate) before the encoder reads it (see
+        :class:`~pyro_amortized.encoders.StandardizingEncoder`). Recommended for
+        inputs of large magnitude, such as raw counts or unnormalized pixels.
     """
 
     _jacobian = True
@@ -305,7 +329,13 @@ class AutoAmortizedGuide(AutoGuide):
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
+        standardize_inputs: bool = False,
     ) -> None:
+        if not isinstance(standardize_inputs, bool):
+            raise ValueError(
+                f"standardize_inputs must be True or False, but got {standardize_inputs!r}."
+            )
+        self.standardize_inputs = standardize_inputs
         if enumerate_discrete not in (None, "parallel", "sequential"):
             raise ValueError(
                 "enumerate_discrete must be None, 'parallel' or 'sequential', but got "
@@ -495,8 +525,13 @@ class AutoAmortizedGuide(AutoGuide):
         arguments: dict[str, Any],
         device: torch.device,
     ) -> None:
-        encoder = self._plate_encoder(plate.name).to(device)
+        encoder = self._plate_encoder(plate.name)
         inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
+        if self.standardize_inputs:
+            encoder = StandardizingEncoder(encoder, inputs)
+        elif isinstance(encoder, MLPEncoder):
+            _warn_if_large(plate, inputs)
+        encoder = encoder.to(device)
         with torch.no_grad():  # a few rows tell the feature size (and set lazy layers up)
             features = encode_features(encoder, tuple(value[:_SIZING_ROWS] for value in inputs))
         self.network.encoders[_module_key(plate.name)] = encoder
@@ -911,6 +946,8 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
     :param enumerate_discrete: enumeration of discrete local sites (see
         :class:`AutoAmortizedGuide`).
     :param callable create_plates: optional function returning plates to use.
+    :param standardize_inputs: standardize the encoder's inputs (see
+        :class:`AutoAmortizedGuide`).
     """
 
     _family = "delta"
@@ -927,6 +964,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
+        standardize_inputs: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -938,6 +976,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             dependencies=dependencies,
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
+            standardize_inputs=standardize_inputs,
         )
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
@@ -995,6 +1034,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
+        standardize_inputs: bool = False,
     ) -> None:
         if rank is not None and not (isinstance(rank, int) and rank > 0):
             raise ValueError(f"rank must be a positive integer or None, but got {rank!r}.")
@@ -1010,6 +1050,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
             dependencies=dependencies,
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
+            standardize_inputs=standardize_inputs,
         )
 
 
@@ -1058,6 +1099,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
+        standardize_inputs: bool = False,
     ) -> None:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {', '.join(FLOWS)}, but got {flow!r}.")
@@ -1076,6 +1118,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
             dependencies=dependencies,
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
+            standardize_inputs=standardize_inputs,
         )
 
 
