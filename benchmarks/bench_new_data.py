@@ -1,21 +1,30 @@
 """Inferring new data: one forward pass against re-optimising per-point parameters.
 
-A VAE (:mod:`pyro_amortized.models`) on binarized images, Fashion-MNIST by
-default when its files are present (``--data fashion``, the training images
-and 1,000 test images; ``--fashion-root`` to find them), or scikit-learn's 8x8
-digits (``--data digits``: the first 797 images, and the other 1,000), is
-trained with ``AutoAmortizedGuide``; its decoder is then frozen. For ``--new``
-images it has not seen, the amortized guide infers the local posteriors by one
-forward pass (``guide.encode``), timed as the median of
-repeated passes. ``AutoNormal``, which keeps a location and a scale per image,
-must be optimized on the new images (Adam, full batch, the learning rate
-falling tenfold over ``--max-steps``) until its ELBO reaches
-the amortized guide's; only its steps are timed, not the ELBO checks. Both
-ELBOs are per image, estimated with ``--particles`` particles.
+Two models are trained with ``AutoAmortizedGuide`` and then frozen:
+
+* ``--model vae``: a VAE (:mod:`pyro_amortized.models`) on binarized images,
+  Fashion-MNIST by default when its files are present (``--data fashion``, the
+  training images and 1,000 test images; ``--fashion-root`` to find them), or
+  scikit-learn's 8x8 digits (``--data digits``: the first 797 images, and the
+  other 1,000); its decoder is frozen.
+* ``--model factor``: Bayesian factor analysis of the 8x8 digits' grey levels
+  (the pixels whose grey level varies, with a standard deviation above 1 of 16,
+  each centred, all scaled by one standard deviation; loadings, offset and noise are global latent sites, five
+  factors per image), trained on the first 797 images; its global sites are
+  then fixed at the guide's medians.
+
+For ``--new`` rows it has not seen, the amortized guide infers the local
+posteriors by one forward pass (``guide.encode``), timed as the median of
+repeated passes. ``AutoNormal``, which keeps a location and a scale per row,
+must be optimized on the new rows (Adam, full batch, the learning rate falling
+tenfold over ``--max-steps``) until its ELBO reaches the amortized guide's;
+only its steps are timed, not the ELBO checks. Both ELBOs are per row,
+estimated with ``--particles`` particles.
 
 Usage::
 
     python benchmarks/bench_new_data.py
+    python benchmarks/bench_new_data.py --model factor
     python benchmarks/bench_new_data.py --data digits --train-steps 500 --new 200
 """
 
@@ -24,14 +33,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import torch
 from common import Figure, machine_line, print_table, save_figure
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
+from sklearn.datasets import load_digits
 
 from pyro_amortized import AutoAmortizedGuide
 from pyro_amortized.datasets import FASHION_MNIST_ROOT, load_digits_binarized, load_fashion_mnist
@@ -39,14 +51,16 @@ from pyro_amortized.models import Decoder, digits_vae_model
 
 LATENT_DIM = 5
 HIDDEN_DIM = 256
+FACTOR_GLOBALS = ("loadings", "offset", "noise")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("fashion", "digits"), default=None)
+    parser.add_argument("--model", choices=("vae", "factor"), default="vae")
+    parser.add_argument("--data", choices=("fashion", "digits"), default=None, help="VAE data")
     parser.add_argument("--fashion-root", default=str(FASHION_MNIST_ROOT))
     parser.add_argument("--train-steps", type=int, default=3000, help="amortized training")
-    parser.add_argument("--new", type=int, default=1000, help="new images to infer")
+    parser.add_argument("--new", type=int, default=1000, help="new rows to infer")
     parser.add_argument("--lr", type=float, default=0.05, help="AutoNormal's Adam rate")
     parser.add_argument("--max-steps", type=int, default=5000, help="AutoNormal's limit")
     parser.add_argument("--check-every", type=int, default=10, help="steps between checks")
@@ -56,23 +70,63 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def elbo_per_image(model, guide, x: torch.Tensor, particles: int) -> float:
-    """The ELBO per image, with vectorized particles and a fixed seed."""
+def elbo_per_row(model, guide, x: torch.Tensor, particles: int) -> float:
+    """The ELBO per row, with vectorized particles and a fixed seed."""
     pyro.set_rng_seed(0)
     estimator = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
     with torch.no_grad():
         return -estimator.loss(model, guide, x) / len(x)
 
 
-def train_amortized(x: torch.Tensor, args: argparse.Namespace):
+def local_guide(guide: AutoAmortizedGuide) -> Callable[[torch.Tensor], None]:
+    """The amortized guide's local sites alone, from one forward pass: the
+    guide of the frozen model, whose global sites are fixed."""
+
+    def sample_locals(x: torch.Tensor) -> None:
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", guide.encode(x)["z"])
+
+    return sample_locals
+
+
+def train_vae(x: torch.Tensor, args: argparse.Namespace):
     decoder = Decoder(LATENT_DIM, HIDDEN_DIM, x.shape[1])
     model = digits_vae_model(decoder, LATENT_DIM, batch_size=128)
     guide = AutoAmortizedGuide(model, hidden_dims=(HIDDEN_DIM,))
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
     for _ in range(args.train_steps):
         svi.step(x)
-    # Every image at once, decoder frozen: the model the new images are scored under.
-    frozen = poutine.block(digits_vae_model(decoder, LATENT_DIM), hide_types=["param"])
+    # Every row at once, decoder frozen: the model the new rows are scored under.
+    return poutine.block(digits_vae_model(decoder, LATENT_DIM), hide_types=["param"]), guide
+
+
+def factor_model(x: torch.Tensor, batch_size: int | None = None) -> None:
+    """Bayesian factor analysis: global loadings, offset and noise; five factors a row."""
+    features = x.shape[1]
+    loadings = pyro.sample(
+        "loadings", dist.Normal(0.0, 1.0).expand([LATENT_DIM, features]).to_event(2)
+    )
+    offset = pyro.sample("offset", dist.Normal(0.0, 1.0).expand([features]).to_event(1))
+    noise = pyro.sample("noise", dist.LogNormal(-1.0, 1.0).expand([features]).to_event(1))
+    subsample_size = min(batch_size, len(x)) if batch_size else None
+    with pyro.plate("data", len(x), subsample_size=subsample_size):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT_DIM]).to_event(1))
+        batch = pyro.subsample(x, event_dim=1)
+        pyro.sample("x", dist.Normal(z @ loadings + offset, noise).to_event(1), obs=batch)
+
+
+def train_factor(x: torch.Tensor, args: argparse.Namespace):
+    def model(x):
+        factor_model(x, batch_size=128)
+
+    guide = AutoAmortizedGuide(model, hidden_dims=(32,), dependencies="mean_field")
+    svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.9995}), Trace_ELBO())
+    for _ in range(args.train_steps):
+        svi.step(x)
+    with torch.no_grad():
+        medians = guide.median(x)
+    fixed = {name: medians[name] for name in FACTOR_GLOBALS}
+    frozen = poutine.block(poutine.condition(factor_model, data=fixed), hide=list(FACTOR_GLOBALS))
     return frozen, guide
 
 
@@ -100,37 +154,45 @@ def optimize_autonormal(model, x: torch.Tensor, target: float, args: argparse.Na
         svi.step(x)
         seconds += time.perf_counter() - start
         if step % args.check_every == 0:
-            elbo = elbo_per_image(model, guide, x, args.particles)
+            elbo = elbo_per_row(model, guide, x, args.particles)
             curve.append((seconds, elbo))
             if elbo >= target:
                 return seconds, step, elbo, curve
     return seconds, None, curve[-1][1], curve
 
 
-def load_images(args: argparse.Namespace) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """The training images and ``args.new`` new ones."""
+def load_rows(args: argparse.Namespace) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The training rows and ``args.new`` new ones."""
+    if args.model == "factor":
+        grey = torch.tensor(load_digits().data, dtype=torch.float32)
+        train, new = grey[: -args.new], grey[-args.new :]
+        varied = train.std(0) > 1.0  # drop the border pixels, near 0 in every image
+        train, new = train[:, varied], new[:, varied]
+        mean, std = train.mean(0), train.std()  # pixels centred, one scale for all
+        return "digits factor analysis", (train - mean) / std, (new - mean) / std
     data = args.data or ("fashion" if Path(args.fashion_root).is_dir() else "digits")
     if data == "fashion":
         x_train, _ = load_fashion_mnist("train", root=args.fashion_root)
         x_test, _ = load_fashion_mnist("test", root=args.fashion_root)
-        return "Fashion-MNIST", x_train, x_test[: args.new]
+        return "Fashion-MNIST VAE", x_train, x_test[: args.new]
     images, _ = load_digits_binarized()
-    return "digits", images[: -args.new], images[-args.new :]
+    return "digits VAE", images[: -args.new], images[-args.new :]
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(args.seed)
-    name, x_train, x_new = load_images(args)
+    name, x_train, x_new = load_rows(args)
     print(
-        f"{name} VAE, latent {LATENT_DIM}: trained on {len(x_train)} images for "
-        f"{args.train_steps} steps; {len(x_new)} new images"
+        f"{name}, latent {LATENT_DIM}: trained on {len(x_train)} rows for "
+        f"{args.train_steps} steps; {len(x_new)} new rows"
     )
     print(machine_line(args.threads, "wall"))
-    model, guide = train_amortized(x_train, args)
+    train = train_factor if args.model == "factor" else train_vae
+    model, guide = train(x_train, args)
     forward = time_forward_pass(guide, x_new)
-    amortized_elbo = elbo_per_image(model, guide, x_new, args.particles)
+    amortized_elbo = elbo_per_row(model, local_guide(guide), x_new, args.particles)
     seconds, steps, elbo, curve = optimize_autonormal(model, x_new, amortized_elbo, args)
     reached = steps is not None
     rows = [
@@ -148,15 +210,17 @@ def main() -> None:
         ),
     ]
     print_table(
-        f"Inferring {len(x_new)} new images (ELBO per image, {args.particles} particles)",
+        f"Inferring {len(x_new)} new rows (ELBO per row, {args.particles} particles)",
         ("method", "time", "steps", "ELBO"),
         rows,
     )
     print(f"\ntime ratio (AutoNormal / forward pass): {seconds / forward:.0f}x")
-    plot(curve, forward, amortized_elbo)
+    plot(curve, forward, amortized_elbo, f"new_data_{args.model}.png")
 
 
-def plot(curve: list[tuple[float, float]], forward: float, amortized_elbo: float) -> None:
+def plot(
+    curve: list[tuple[float, float]], forward: float, amortized_elbo: float, name: str
+) -> None:
     figure = Figure(figsize=(6.5, 4))
     axes = figure.subplots()
     times, elbos = zip(*curve, strict=True)
@@ -168,9 +232,9 @@ def plot(curve: list[tuple[float, float]], forward: float, amortized_elbo: float
     axes.set_xscale("log")
     axes.set_ylim(amortized_elbo - 15, max(elbos) + 2)
     axes.set_xlabel("seconds (log scale)")
-    axes.set_ylabel("ELBO per new image (nats)")
+    axes.set_ylabel("ELBO per new row (nats)")
     axes.legend(loc="lower right")
-    save_figure(figure, "new_data.png")
+    save_figure(figure, name)
 
 
 if __name__ == "__main__":

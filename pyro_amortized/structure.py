@@ -325,7 +325,26 @@ def read_model(
         )
         for plate, names in members.items()
     }
+    if amortize_on is None:
+        _warn_if_shared(data_plates)
     return ModelStructure(data_plates=data_plates, sites=sites, frames=frames)
+
+
+def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:
+    """Warns when an argument feeds several data plates: it has as many rows as
+    each, and the guide cannot tell whose data points its rows are."""
+    for argument in sorted({name for plate in data_plates.values() for name in plate.inputs}):
+        plates = [name for name, plate in data_plates.items() if argument in plate.inputs]
+        if len(plates) > 1:
+            quoted = ", ".join(f"'{name}'" for name in plates)
+            warnings.warn(
+                f"Argument '{argument}' has one row per data point of each of the plates "
+                f"{quoted}, so every one of their encoders reads it. If its rows belong "
+                "to one plate only, say which arguments feed which plate with "
+                "amortize_on={plate name: [argument names]}.",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def _model_frames(site: dict, outer: frozenset[str]) -> tuple[CondIndepStackFrame, ...]:

@@ -1,6 +1,8 @@
 """Reading the model: arguments, data plates, local and global sites, and the
 clear error each bad input gets."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -45,6 +47,32 @@ def test_data_plate_rows_and_nested_plates():
     assert structure.sites["rate"].point_batch_shape == (4,)
     assert structure.sites["theta"].point_batch_shape == (1,)
     assert structure.sites["theta"].unconstrained_event_shape == (2,)
+
+
+def _two_groups(a, b):
+    """Two data plates of the same size, each observing its own argument."""
+    with pyro.plate("group_a", a.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("a", dist.Normal(z, 1.0), obs=a)
+    with pyro.plate("group_b", b.shape[0]):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(w, 1.0), obs=b)
+
+
+def test_an_argument_feeding_two_plates_warns():
+    a, b = torch.randn(5), torch.randn(5)
+    with pytest.warns(UserWarning, match="Argument 'a' has one row per data point of each"):
+        structure = _structure(_two_groups, a, b)
+    assert structure.data_plates["group_a"].inputs == ("a", "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither call below warns
+        own = {"group_a": ["a"], "group_b": ["b"]}
+        structure = _structure(_two_groups, a, b, amortize_on=own)
+        assert structure.data_plates["group_a"].inputs == ("a",)
+        assert structure.data_plates["group_b"].inputs == ("b",)
+        # Plates of other sizes are told apart by their rows.
+        structure = _structure(_two_groups, a, torch.randn(7))
+        assert structure.data_plates["group_a"].inputs == ("a",)
 
 
 def test_feature_plates_hold_global_sites():
