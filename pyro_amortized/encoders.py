@@ -20,7 +20,11 @@ from .structure import DataPlate
 def all_finite(value: torch.Tensor) -> bool:
     """Whether every entry of ``value`` is finite. A finite sum proves it (NaN
     and infinities reach the sum), which is cheaper than testing each entry;
-    only a sum that overflows is checked entry by entry."""
+    only a sum that overflows is checked entry by entry. Under ``torch.jit``
+    tracing or ``torch.compile`` the check is skipped (it would need the value
+    on the host) and this returns ``True``."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
     return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
 
 
@@ -71,7 +75,7 @@ class MLPEncoder(nn.Module):
             value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
         ]
         joined = flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
-        if not torch.jit.is_tracing() and not all_finite(joined):
+        if not all_finite(joined):
             raise ValueError(
                 "The encoder's inputs hold NaN or infinite values. Remove or impute them "
                 "before training, or pass an encoder= that handles missing values."
@@ -150,7 +154,7 @@ def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tor
             f"An encoder must return a tensor of shape (batch, num_features), but "
             f"{type(encoder).__name__} returned {type(features).__name__}."
         )
-    if not torch.jit.is_tracing() and not all_finite(features):
+    if not all_finite(features):
         raise ValueError(
             f"The encoder {type(encoder).__name__} returned NaN or infinite features from "
             "finite inputs: its parameters have diverged (look for a NaN or infinite loss "

@@ -10,7 +10,7 @@ parameters, as Pyro's AutoNormal / AutoDelta.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -822,8 +822,7 @@ class AutoAmortizedGuide(AutoGuide):
         read = {u for inputs in self._upstream.values() for u in inputs}
         values = {
             name: self._site_quantiles(name, distribution, [0.5])[0]
-            for name, distribution in self._global_unconstrained().items()
-            if name in read
+            for name, distribution in self._global_unconstrained(read).items()
         }
         result = {}
         for plate in structure.data_plates.values():
@@ -858,13 +857,19 @@ class AutoAmortizedGuide(AutoGuide):
             for name, value in unconstrained.items()
         }
 
-    def _global_unconstrained(self) -> dict[str, dist.Distribution]:
+    def _global_unconstrained(
+        self, names: Iterable[str] | None = None
+    ) -> dict[str, dist.Distribution]:
+        """The unconstrained distribution of each global site (of ``names`` only,
+        if given)."""
         structure = self._require_structure()
+        wanted = structure.global_sites if names is None else set(names)
         # forward() rather than __call__: outside a Pyro context, so the param
         # store is neither read nor written.
         return {
             name: getattr(self.global_params, _module_key(name)).forward()
             for name in structure.global_sites
+            if name in wanted
         }
 
     def _all_unconstrained(self, args: tuple, kwargs: dict) -> dict[str, dist.Distribution]:

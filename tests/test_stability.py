@@ -87,6 +87,21 @@ def test_standardizing_encoder_errors():
         AutoAmortizedGuide(lambda x: None, standardize_inputs="yes")
 
 
+def test_standardized_guide_round_trips_through_a_state_dict():
+    pyro.set_rng_seed(0)
+    counts, _ = poisson_data(200)
+    guide = AutoAmortizedGuide(poisson_model, hidden_dims=(8,), standardize_inputs=True)
+    run(poisson_model, guide, (counts,), steps=5, optim=pyro.optim.Adam({"lr": 0.01}))
+    encoder = guide.network.encoders["rows"]
+    torch.testing.assert_close(encoder.mean_0, counts.mean(0))
+    pyro.clear_param_store()
+    fresh = AutoAmortizedGuide(poisson_model, hidden_dims=(8,), standardize_inputs=True)
+    fresh(counts[:50] * 2)  # other statistics, replaced by the loaded ones
+    fresh.load_state_dict(guide.state_dict())
+    new = poisson_data(30, seed=1)[0]
+    torch.testing.assert_close(fresh.median(new)["rate"], guide.median(new)["rate"])
+
+
 A, RATE_MEAN, COUNTS_PER_ROW = 2.0, 3000.0, 20
 
 
