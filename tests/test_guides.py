@@ -1,5 +1,6 @@
 """AutoAmortizedGuide and its families inside Pyro's inference machinery."""
 
+import functools
 import io
 import pickle
 
@@ -48,6 +49,7 @@ from pyro_amortized import (
     AutoAmortizedNormalizingFlow,
     MLPEncoder,
 )
+from pyro_amortized.heads import FlowHead
 
 FAMILIES = [
     AutoAmortizedGuide,
@@ -276,7 +278,11 @@ def test_flows_under_jit_compute_the_eager_loss(flow):
     # The spline is the identity outside its interval, and how many noise values
     # fall outside changes from call to call: the compiled loss must follow.
     x = factor_data(2000)
-    guide = AutoAmortizedNormalizingFlow(minibatch_model, flow=flow, init_scale=1.0)
+    # A narrow interval, so that many noise values fall outside it.
+    head = functools.partial(FlowHead, flow=flow, bound=1.0)
+    guide = AutoAmortizedNormalizingFlow(
+        minibatch_model, flow=flow, init_scale=1.0, site_families={"z": head}
+    )
     guide(x)
     jit, eager = ELBOS["JitTrace_ELBO"](), Trace_ELBO()
     pyro.set_rng_seed(100)
