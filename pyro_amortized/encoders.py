@@ -75,11 +75,6 @@ class MLPEncoder(nn.Module):
             value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
         ]
         joined = flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
-        if not all_finite(joined):
-            raise ValueError(
-                "The encoder's inputs hold NaN or infinite values. Remove or impute them "
-                "before training, or pass an encoder= that handles missing values."
-            )
         return self.layers(joined)
 
 
@@ -145,8 +140,13 @@ def _check_input(plate: DataPlate, name: str, point_shape: torch.Size, value: ob
 def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Runs an encoder and flattens its output to ``(batch, num_features)``.
 
-    :raises ValueError: if the encoder does not return a tensor, or returns
-        NaN or infinite features (its parameters have diverged).
+    The features are checked to be finite (one check a call); only when they are
+    not are the inputs checked, to say which of the two went wrong. An encoder
+    that imputes missing values therefore may take NaN in its inputs.
+
+    :raises ValueError: if the encoder does not return a tensor, or returns NaN
+        or infinite features: from NaN or infinite inputs, or because its
+        parameters have diverged.
     """
     features = encoder(*inputs)
     if not isinstance(features, torch.Tensor) or features.dim() == 0:
@@ -155,6 +155,11 @@ def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tor
             f"{type(encoder).__name__} returned {type(features).__name__}."
         )
     if not all_finite(features):
+        if not all(all_finite(value) for value in inputs):
+            raise ValueError(
+                "The encoder's inputs hold NaN or infinite values. Remove or impute them "
+                "before training, or pass an encoder= that handles missing values."
+            )
         raise ValueError(
             f"The encoder {type(encoder).__name__} returned NaN or infinite features from "
             "finite inputs: its parameters have diverged (look for a NaN or infinite loss "

@@ -674,7 +674,6 @@ class AutoAmortizedGuide(AutoGuide):
                     rows,
                     rows if plate.subsample_size is None else min(plate.subsample_size, rows),
                 )
-        self._check_data(plate, args, kwargs)
         size, subsample_size = sizes
         if plate.indices is not None:  # the model's own minibatch
             subsample = self._locations[plate.indices].fetch(args, kwargs)
@@ -684,7 +683,8 @@ class AutoAmortizedGuide(AutoGuide):
         )
 
     def _check_data(self, plate: DataPlate, args: tuple, kwargs: dict) -> None:
-        """Device and floating-point type of a data plate's inputs."""
+        """Device and floating-point type of a data plate's inputs: run when the
+        encoder fails, to say why in the user's terms."""
         parameter = next(self._network.parameters(), None)
         if parameter is None:
             return
@@ -716,7 +716,11 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> torch.Tensor:
         """The encoder's features of the rows ``indices`` (all rows for ``None``)."""
         inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), indices, size)
-        return encode_features(self._network.encoders[_module_key(plate.name)], inputs)
+        try:
+            return encode_features(self._network.encoders[_module_key(plate.name)], inputs)
+        except (RuntimeError, NotImplementedError):
+            self._check_data(plate, args, kwargs)  # raises if the device or type is off
+            raise
 
     def _run(
         self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool = False

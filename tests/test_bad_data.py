@@ -7,6 +7,7 @@ from helpers import train
 from models import factor_data, minibatch_model, regression_data, regression_model
 
 from pyro_amortized import AutoAmortizedGuide, MLPEncoder
+from pyro_amortized.encoders import encode_features
 
 
 @pytest.fixture
@@ -57,8 +58,8 @@ def test_integer_data_is_converted_for_the_encoder():
     assert torch.equal(guide.median(counts, y)["effect"], guide.median(counts.float(), y)["effect"])
 
 
-def test_mlp_encoder_checks_its_inputs():
+def test_encoder_inputs_are_checked_when_the_features_are_not_finite():
     encoder = MLPEncoder((8,))
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        encoder(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="inputs hold NaN or infinite values"):
+        encode_features(encoder, (torch.tensor([[0.0, float("nan")]]),))
     assert pyro.get_param_store().keys() == set()
