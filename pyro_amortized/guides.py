@@ -10,8 +10,8 @@ parameters, as Pyro's AutoNormal / AutoDelta.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pyro
@@ -682,13 +682,29 @@ class AutoAmortizedGuide(AutoGuide):
             plate.name, size, subsample_size=subsample_size, dim=plate.dim, device=first.device
         )
 
-    def _check_data(self, plate: DataPlate, args: tuple, kwargs: dict) -> None:
-        """Device and floating-point type of a data plate's inputs: run when the
-        encoder fails, to say why in the user's terms."""
+    @contextmanager
+    def _data_errors_explained(self, args: tuple, kwargs: dict) -> Iterator[None]:
+        """Where torch fails inside the guide, says first whether the data is on
+        another device or of another type than the guide (the usual cause),
+        instead of checking that on every call."""
+        try:
+            yield
+        except (RuntimeError, NotImplementedError):
+            self._check_data_plates(args, kwargs)
+            raise
+
+    def _check_data_plates(self, args: tuple, kwargs: dict) -> None:
+        """Device and floating-point type of the data plates' inputs: checked when
+        torch fails inside the guide, to say why in the user's terms."""
         parameter = next(self._network.parameters(), None)
         if parameter is None:
             return
-        for name, value in zip(plate.inputs, self._input_values(plate, args, kwargs), strict=True):
+        for plate in self._require_structure().data_plates.values():
+            self._check_data(plate, self._input_values(plate, args, kwargs), parameter)
+
+    @staticmethod
+    def _check_data(plate: DataPlate, values: list[Any], parameter: torch.Tensor) -> None:
+        for name, value in zip(plate.inputs, values, strict=True):
             if not isinstance(value, torch.Tensor):
                 continue  # plate_inputs says what is wrong
             if value.device != parameter.device:
@@ -716,11 +732,7 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> torch.Tensor:
         """The encoder's features of the rows ``indices`` (all rows for ``None``)."""
         inputs = plate_inputs(plate, self._input_values(plate, args, kwargs), indices, size)
-        try:
-            return encode_features(self._network.encoders[_module_key(plate.name)], inputs)
-        except (RuntimeError, NotImplementedError):
-            self._check_data(plate, args, kwargs)  # raises if the device or type is off
-            raise
+        return encode_features(self._network.encoders[_module_key(plate.name)], inputs)
 
     def _run(
         self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool = False
@@ -730,6 +742,12 @@ class AutoAmortizedGuide(AutoGuide):
         data plates take every row (no subsampling), and the model replays that."""
         if self._structure is None:
             self._setup_prototype(*args, **kwargs)
+        with self._data_errors_explained(args, kwargs):
+            return self._sample_sites(args, kwargs, features_of, every_row)
+
+    def _sample_sites(
+        self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool
+    ) -> dict[str, torch.Tensor]:
         plates = self._plates(args, kwargs, every_row)
         self._reclaim_global_params()
         result = self._sample_globals(plates)
@@ -824,18 +842,19 @@ class AutoAmortizedGuide(AutoGuide):
         features_of = features_of or self._encoded_features
         structure = self._require_structure()
         read = {u for inputs in self._upstream.values() for u in inputs}
-        values = {
-            name: self._site_quantiles(name, distribution, [0.5])[0]
-            for name, distribution in self._global_unconstrained(read).items()
-        }
         result = {}
-        for plate in structure.data_plates.values():
-            features = features_of(plate, args, kwargs, None, None)
-            for name in plate.sites:
-                head = self._network.heads[_module_key(name)]
-                result[name] = head(self._head_input(features, plate, name, values))
-                if name in read:
-                    values[name] = self._site_quantiles(name, result[name], [0.5])[0]
+        with self._data_errors_explained(args, kwargs):
+            values = {
+                name: self._site_quantiles(name, distribution, [0.5])[0]
+                for name, distribution in self._global_unconstrained(read).items()
+            }
+            for plate in structure.data_plates.values():
+                features = features_of(plate, args, kwargs, None, None)
+                for name in plate.sites:
+                    head = self._network.heads[_module_key(name)]
+                    result[name] = head(self._head_input(features, plate, name, values))
+                    if name in read:
+                        values[name] = self._site_quantiles(name, result[name], [0.5])[0]
         return result
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
@@ -877,7 +896,8 @@ class AutoAmortizedGuide(AutoGuide):
         }
 
     def _all_unconstrained(self, args: tuple, kwargs: dict) -> dict[str, dist.Distribution]:
-        result = self._global_unconstrained()
+        with self._data_errors_explained(args, kwargs):
+            result = self._global_unconstrained()
         result.update(self._local_unconstrained(args, kwargs))
         return result
 

@@ -61,6 +61,10 @@ def test_data_on_another_device_than_the_guide_is_a_clear_error():
     guide.to("meta")  # a second device that every machine has
     with pytest.raises(ValueError, match=r"is on cpu, but the guide is on meta.*guide.to"):
         guide(factor_data(10))
+    with pytest.raises(ValueError, match=r"is on cpu, but the guide is on meta"):
+        guide.median(factor_data(10))
+    with pytest.raises(ValueError, match=r"is on cpu, but the guide is on meta"):
+        guide.encode(factor_data(10))
 
 
 @cuda
