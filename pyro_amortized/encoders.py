@@ -74,8 +74,7 @@ class MLPEncoder(nn.Module):
         flat = [
             value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
         ]
-        joined = flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
-        return self.layers(joined)
+        return self.layers(flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1))
 
 
 def plate_inputs(

@@ -898,7 +898,7 @@ class AutoAmortizedGuide(AutoGuide):
     def _all_unconstrained(self, args: tuple, kwargs: dict) -> dict[str, dist.Distribution]:
         with self._data_errors_explained(args, kwargs):
             result = self._global_unconstrained()
-        result.update(self._local_unconstrained(args, kwargs))
+            result.update(self._local_unconstrained(args, kwargs))
         return result
 
     @torch.no_grad()
