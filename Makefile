@@ -69,6 +69,7 @@ BENCHMARKS := bench_step_time bench_pytorch bench_new_data bench_memory bench_ba
 
 bench: install
 	for script in $(BENCHMARKS); do $(PYTHON) benchmarks/$$script.py || exit 1; done
+	$(PYTHON) benchmarks/bench_new_data.py --hidden 32
 	$(PYTHON) benchmarks/bench_new_data.py --model factor
 
 clean:

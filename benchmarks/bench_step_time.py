@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import pyro
 import torch
-from common import Figure, machine_line, print_table, save_figure
+from common import CLOCKS, Figure, add_clock_option, machine_line, print_table, save_figure
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 
 from pyro_amortized import (
@@ -60,12 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=101, help="timed blocks per guide and ELBO")
     parser.add_argument("--warmup", type=int, default=100, help="untimed steps per guide first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument(
-        "--clock",
-        choices=("cpu", "wall"),
-        default="cpu",
-        help="process CPU time (default) or wall-clock time",
-    )
+    add_clock_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--families",
@@ -118,7 +112,7 @@ def bench(
     """Median seconds per step of each guide, and the median ratio ours / hand."""
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = CLOCKS[args.clock]
     svis = {kind: make_svi(kind, family, elbo, x, batch_size) for kind in ("ours", "hand")}
     for svi in svis.values():
         time_block(svi, x, args.warmup, clock)

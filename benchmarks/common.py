@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +19,21 @@ from matplotlib.figure import Figure  # noqa: E402  (after choosing the backend)
 OUTPUT_DIR = Path(os.environ.get("PYRO_AMORTIZED_BENCH_DIR", "benchmark-results"))
 """Where the plots go (``PYRO_AMORTIZED_BENCH_DIR``, by default
 ``benchmark-results/`` under the working directory)."""
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+"""The clocks a benchmark may time with: the process's CPU time, which other
+programs on the machine disturb much less, or wall-clock time."""
+
+
+def add_clock_option(parser: argparse.ArgumentParser) -> None:
+    """``--clock cpu`` (the default) or ``--clock wall``: a key of :data:`CLOCKS`."""
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="cpu",
+        help="process CPU time (default) or wall-clock time",
+    )
 
 
 def machine_line(threads: int, clock: str = "cpu") -> str:
