@@ -90,6 +90,7 @@ class SVILightningModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """``optimizer(parameters, lr=lr)`` over the model's and the guide's parameters."""
         return self.optimizer(self.loss_fn.parameters(), lr=self.lr)
 
 
