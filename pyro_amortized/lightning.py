@@ -3,7 +3,8 @@
 :class:`SVILightningModule` wraps a model and a guide in a
 ``lightning.pytorch.LightningModule`` whose loss is Pyro's ELBO-as-module,
 ``elbo(model, guide)``. Lightning's ``Trainer`` then runs the loop, the
-checkpoints, the logging and its distributed strategies (``strategy="ddp"``).
+checkpoints and the logging. Its distributed strategies are not tested here;
+``examples/ddp_train.py`` shows data-parallel training on PyTorch's own engine.
 """
 
 from __future__ import annotations
