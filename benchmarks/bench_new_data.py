@@ -269,6 +269,20 @@ def main() -> None:
         if runs[lr].steps is not None:
             fastest = min(fastest, runs[lr].seconds)
     forward = statistics.median(t for run in runs.values() for t in run.pass_seconds)
+    print_results(runs, forward, amortized_elbo, len(x_new), args.particles)
+    if fixed is not None:
+        optimum = best_diagonal_elbo(fixed, x_new)
+        print(f"\nthe family's best ELBO per row (closed form): {optimum:.3f}")
+    print_ratio(runs)
+    curves = {lr: run.curve for lr, run in runs.items()}
+    width = "" if args.hidden is None else f"_hidden{args.hidden}"
+    plot(curves, forward, amortized_elbo, f"new_data_{args.model}{width}.png")
+
+
+def print_results(
+    runs: dict[float, Run], forward: float, amortized_elbo: float, num_rows: int, particles: int
+) -> None:
+    """The table: the amortized pass, then AutoNormal from each learning rate."""
     rows = [
         (
             "AutoAmortizedGuide, one forward pass",
@@ -279,34 +293,33 @@ def main() -> None:
         )
     ]
     for lr, run in runs.items():
-        reached = "" if run.steps is not None else " (not reached, or slower: stopped)"
+        reached = run.steps is not None
         rows.append(
             (
-                f"AutoNormal, re-optimized, lr {lr:g}{reached}",
+                f"AutoNormal, re-optimized, lr {lr:g}"
+                + ("" if reached else " (not reached, or slower: stopped)"),
                 f"{1e3 * run.seconds:.0f} ms",
-                "-" if run.steps is None else str(run.steps),
+                str(run.steps) if reached else "-",
                 f"{run.elbo:.3f}",
-                f"{run.ratio:.0f}" if run.steps is not None else "-",
+                f"{run.ratio:.0f}" if reached else "-",
             )
         )
     print_table(
-        f"Inferring {len(x_new)} new rows (ELBO per row, {args.particles} particles; "
+        f"Inferring {num_rows} new rows (ELBO per row, {particles} particles; "
         "time ratio against the passes timed during its run)",
         ("method", "time", "steps", "ELBO", "time ratio"),
         rows,
     )
-    if fixed is not None:
-        optimum = best_diagonal_elbo(fixed, x_new)
-        print(f"\nthe family's best ELBO per row (closed form): {optimum:.3f}")
+
+
+def print_ratio(runs: dict[float, Run]) -> None:
+    """The smallest ratio among the learning rates that reached the target."""
     reached = [(run.ratio, lr) for lr, run in runs.items() if run.steps is not None]
     if reached:
         ratio, lr = min(reached)
         print(f"\ntime ratio, AutoNormal at its best rate (lr {lr:g}) / one pass: {ratio:.0f}x")
     else:
         print("\nno learning rate took AutoNormal to the amortized ELBO: raise --max-steps")
-    curves = {lr: run.curve for lr, run in runs.items()}
-    width = "" if args.hidden is None else f"_hidden{args.hidden}"
-    plot(curves, forward, amortized_elbo, f"new_data_{args.model}{width}.png")
 
 
 def plot(
