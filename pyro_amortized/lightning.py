@@ -103,7 +103,7 @@ def _check_options(guide: Any, elbo: Any, lr: Any, optimizer: Any) -> None:
         )
     if not isinstance(guide, torch.nn.Module):
         raise TypeError(f"guide must be an nn.Module, but got {type(guide).__name__}.")
-    if not any(True for _ in guide.parameters()):
+    if next(guide.parameters(), None) is None:
         raise ValueError(
             "The guide has no parameters yet: call it once on a batch of the model's "
             "arguments (guide(*args)) before building the SVILightningModule."
