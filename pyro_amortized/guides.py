@@ -57,7 +57,7 @@ from .structure import (
     trace_prototype,
     warn_if_nothing_to_amortize,
 )
-from .transforms import bijection_to
+from .transforms import bijection_to, guard_saturation, saturation_bound
 from .upstream import (
     Dependencies,
     check_dependencies,
@@ -360,6 +360,8 @@ class AutoAmortizedGuide(AutoGuide):
         self._structure: ModelStructure | None = None
         self._locations: dict[str, ArgumentLocation] = {}
         self._transforms: dict[str, Transform] = {}
+        # Where each bijection saturates: point estimates are kept inside.
+        self._saturation_bounds: dict[str, float | None] = {}
         self._plate_sizes: dict[tuple, dict[str, tuple[int, int]]] = {}
         self._upstream: dict[str, tuple[str, ...]] = {}
         self._ran_with_store = False  # whether the network has been in the param store
@@ -483,6 +485,15 @@ class AutoAmortizedGuide(AutoGuide):
             for name, site in structure.sites.items()
             if site.discrete is None
         }
+        self._saturation_bounds = {
+            name: saturation_bound(
+                transform,
+                structure.sites[name].unconstrained_event_shape,
+                trace.nodes[name]["value"].dtype,
+            )
+            for name, transform in self._transforms.items()
+            if not _is_identity(transform)
+        }
         for plate in structure.data_plates.values():
             names = plate.inputs + ((plate.indices,) if plate.indices else ())
             self._locations.update({name: locate_argument(self.model, name) for name in names})
@@ -493,7 +504,7 @@ class AutoAmortizedGuide(AutoGuide):
             setattr(self.global_params, _module_key(name), self._global_module(init, site))
         self._structure = structure
         self.to(device)  # the network and the global parameters live with the data
-        self._plate_sizes[call_key(args, kwargs)] = plate_sizes(trace, list(structure.data_plates))
+        self._plate_sizes[call_key(args, kwargs)] = plate_sizes(trace, list(structure.frames))
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
         (encoder,) = self._user_encoder
@@ -616,16 +627,15 @@ class AutoAmortizedGuide(AutoGuide):
     def _plates(self, args: tuple, kwargs: dict, every_row: bool) -> dict[str, pyro.plate]:
         """The plates of a call; with ``every_row`` the data plates take every row."""
         structure = self._require_structure()
-        plates = {}
-        if self.create_plates is not None:
-            created = self.create_plates(*args, **kwargs)
-            created = [created] if isinstance(created, pyro.plate) else list(created)
-            plates = {plate.name: plate for plate in created}
+        plates = self._given_plates(args, kwargs, every_row)
         for plate in structure.data_plates.values():
             _check_rows(plate, self._input_values(plate, args, kwargs)[0])
-        sizes = self._data_plate_sizes(args, kwargs)
+        sizes = self._call_plate_sizes(args, kwargs)
         if every_row:
-            sizes = {name: (size, size) for name, (size, _) in sizes.items()}
+            sizes = {
+                name: (size, size if name in structure.data_plates else subsample_size)
+                for name, (size, subsample_size) in sizes.items()
+            }
         for name, frame in structure.frames.items():
             if name in plates:
                 continue
@@ -633,16 +643,29 @@ class AutoAmortizedGuide(AutoGuide):
                 plate = structure.data_plates[name]
                 plates[name] = self._data_plate(plate, sizes.get(name), args, kwargs)
             else:
-                full_size = frame.full_size or frame.size
-                plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=frame.size)
+                full_size, size = sizes.get(name, (frame.full_size or frame.size, frame.size))
+                plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=size)
         return plates
 
-    def _data_plate_sizes(self, args: tuple, kwargs: dict) -> dict[str, tuple[int, int]]:
-        """The model's data plate sizes for this call's argument shapes.
+    def _given_plates(self, args: tuple, kwargs: dict, every_row: bool) -> dict[str, pyro.plate]:
+        """Plates the guide joins rather than makes: those of the
+        :class:`~pyro.infer.autoguide.AutoGuideList` it is a part of (the list
+        made them and recorded their subsample sites before running its parts;
+        not with ``every_row``), or those ``create_plates`` returns."""
+        if self.master is not None:
+            return {} if every_row else dict(self.master().plates)
+        if self.create_plates is None:
+            return {}
+        created = self.create_plates(*args, **kwargs)
+        created = [created] if isinstance(created, pyro.plate) else list(created)
+        return {plate.name: plate for plate in created}
+
+    def _call_plate_sizes(self, args: tuple, kwargs: dict) -> dict[str, tuple[int, int]]:
+        """The model's plate sizes for this call's argument shapes.
 
         The first call of each argument signature runs the model once (cached),
-        so the guide subsamples exactly as the model will, whatever the model
-        computes its plate sizes from.
+        so the guide's plates have the sizes and subsample sizes of the model's,
+        whatever the model computes them from.
         """
         key = call_key(args, kwargs)
         sizes = self._plate_sizes.get(key)
@@ -650,7 +673,7 @@ class AutoAmortizedGuide(AutoGuide):
             sizes = {}
             if self._model is not None:  # a guide loaded from disk has no model
                 trace, _ = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
-                sizes = plate_sizes(trace, list(self._structure.data_plates))
+                sizes = plate_sizes(trace, list(self._structure.frames))
             if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
                 self._plate_sizes.clear()
             self._plate_sizes[key] = sizes
@@ -811,9 +834,10 @@ class AutoAmortizedGuide(AutoGuide):
         latent = pyro.sample(
             site.name + "_unconstrained", unconstrained, infer={"is_auxiliary": True}
         )
-        value = transform(latent)
-        log_density = 0.0
         point_estimate = isinstance(unconstrained, dist.Delta)  # MAP in constrained space
+        bound = self._saturation_bounds.get(site.name) if point_estimate else None
+        value = transform(latent if bound is None else guard_saturation(latent, bound))
+        log_density = 0.0
         if self._jacobian and not point_estimate and poutine.get_mask() is not False:
             log_density = transform.inv.log_abs_det_jacobian(value, latent)
             log_density = sum_rightmost(

@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import constraints
 from torch.distributions.transforms import identity_transform
 
 from .transforms import bijection_to
@@ -257,7 +258,39 @@ def trace_prototype(
     outer = frozenset(frame.name for frame in pyro.poutine.runtime.get_plates())
     model = InitMessenger(_init_fn(init_loc_fn))(_MarkExplicitSubsample()(model))
     trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    _size_unsized_plates(trace, outer)
     return trace, outer
+
+
+def _size_unsized_plates(trace: poutine.Trace, outer: frozenset[str]) -> None:
+    """Gives every plate declared without a size (``pyro.plate("data")``, whose
+    frames record the size -1) the size its sites broadcast to in this trace,
+    so that an unsized plate reads exactly as a sized one."""
+    sizes: dict[str, int] = {}
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        for frame in _model_frames(site, outer):
+            if frame.size == -1:
+                size = _size_along(site, frame, outer)
+                sizes[frame.name] = max(sizes.get(frame.name, 1), size)
+    if not sizes:
+        return
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            site["cond_indep_stack"] = tuple(
+                frame._replace(size=sizes[frame.name], full_size=sizes[frame.name])
+                if frame.size == -1 and frame.name in sizes
+                else frame
+                for frame in site["cond_indep_stack"]
+            )
+
+
+def _size_along(site: dict, frame: CondIndepStackFrame, outer: frozenset[str]) -> int:
+    """The size of a site's value along a plate's dimension (1 where it broadcasts)."""
+    value = model_value(site, outer)
+    position = value.dim() - site["fn"].event_dim + frame.dim
+    return value.shape[position] if position >= 0 else 1
 
 
 _EXPLICIT = "_pyro_amortized_explicit_subsample"
@@ -361,17 +394,24 @@ def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, d
         for frame in _model_frames(site, outer):
             frames.setdefault(frame.name, frame)
         if site["is_observed"]:
-            if not _is_factor_or_deterministic(site):
+            if _holds_data(site):
                 observed[name] = site
         elif not _is_enumerated(site):
             latent[name] = site
     return latent, observed, frames
 
 
-def _is_factor_or_deterministic(site: dict) -> bool:
-    """``pyro.factor`` and ``pyro.deterministic`` record observed sites that hold
-    no data."""
-    return bool(site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"))
+def _holds_data(site: dict) -> bool:
+    """Whether an observed site holds data. ``pyro.factor`` and
+    ``pyro.deterministic`` record observed sites that hold none, and so do the
+    point masses that ``poutine.reparam`` leaves at a reparametrized site (its
+    value is a function of the new latent sites, not data)."""
+    if site["infer"].get("is_auxiliary") or site["infer"].get("_deterministic"):
+        return False
+    fn = site["fn"]
+    while isinstance(fn, (dist.MaskedDistribution, dist.Independent, dist.ExpandedDistribution)):
+        fn = fn.base_dist
+    return not isinstance(fn, dist.Delta)
 
 
 def _rows(value: Any) -> int | None:
@@ -497,18 +537,7 @@ def discrete_kind(support: constraints.Constraint, event_shape: torch.Size) -> t
 def _check_guidable(name: str, site: dict, plate: str | None, observed: dict) -> None:
     fn = site["fn"]
     if fn.support.is_discrete:
-        try:
-            discrete_kind(fn.support, fn.event_shape)
-        except NotImplementedError:
-            plate = None
-        if plate is None:
-            raise ValueError(
-                f"Latent site '{name}' has discrete support and the model does not "
-                "enumerate it; the guide has amortized heads only for local Bernoulli, "
-                "Categorical and OneHotCategorical sites. Mark it with "
-                "infer={'enumerate': 'parallel'} (or decorate the model with "
-                "pyro.infer.config_enumerate) and train with TraceEnum_ELBO."
-            )
+        _check_discrete(name, fn, plate)
     sequential = [f for f in site["cond_indep_stack"] if not f.vectorized]
     for frame in sequential:
         holds_data = any(frame in s["cond_indep_stack"] for s in observed.values())
@@ -518,6 +547,54 @@ def _check_guidable(name: str, site: dict, plate: str | None, observed: dict) ->
                 "(a Python loop over pyro.plate), which an amortized guide cannot "
                 "encode. Use a vectorized plate: `with pyro.plate(...):`."
             )
+
+
+ENUMERATION_TUTORIAL = "https://pyro.ai/examples/enumeration.html"
+
+
+def _check_discrete(name: str, fn: Any, plate: str | None) -> None:
+    """A discrete latent site the model does not enumerate needs an amortized
+    head: only local Bernoulli, Categorical and OneHotCategorical sites have one."""
+    enumerate_it = (
+        "Mark it with infer={'enumerate': 'parallel'} (or decorate the model with "
+        "pyro.infer.config_enumerate) and train with TraceEnum_ELBO, which sums it out "
+        f"exactly (see Pyro's enumeration tutorial, {ENUMERATION_TUTORIAL})."
+    )
+    if plate is None:
+        raise ValueError(
+            f"Latent site '{name}' is discrete and global: it sits outside every data "
+            "plate, so no data point's encoder can propose it, and the model does not "
+            f"enumerate it. {enumerate_it} Only discrete sites local to a data plate get "
+            "amortized heads."
+        )
+    try:
+        discrete_kind(fn.support, fn.event_shape)
+    except NotImplementedError:
+        raise ValueError(
+            f"Local latent site '{name}' has discrete support {fn.support}, for which the "
+            "guide has no amortized head (it has heads for Bernoulli, Categorical and "
+            f"OneHotCategorical sites), and the model does not enumerate it. {enumerate_it}"
+        ) from None
+
+
+def _no_bijection_message(name: str, support: constraints.Constraint) -> str:
+    """What to do with a continuous site whose support has no bijection."""
+    fix = (
+        "Reparametrize the site (see pyro.infer.reparam, or LKJCholesky instead of LKJ) "
+        "or hide it from the guide with poutine.block."
+    )
+    if isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if isinstance(support, type(constraints.sphere)):
+        fix = (
+            "Reparametrize it with pyro.infer.reparam.ProjectedNormalReparam: "
+            f"poutine.reparam(model, config={{'{name}': ProjectedNormalReparam()}}) turns "
+            "the direction into a Normal the guide can cover."
+        )
+    return (
+        f"Latent site '{name}' has support {support}, which has no bijection from "
+        f"unconstrained space. {fix}"
+    )
 
 
 def _latent_site(
@@ -531,11 +608,7 @@ def _latent_site(
     try:
         transform = bijection_to(support) if discrete is None else identity_transform
     except NotImplementedError as error:
-        raise ValueError(
-            f"Latent site '{name}' has support {support}, which has no bijection from "
-            "unconstrained space. Reparametrize the site (see pyro.infer.reparam, or "
-            "LKJCholesky instead of LKJ) or hide it from the guide with poutine.block."
-        ) from error
+        raise ValueError(_no_bijection_message(name, support)) from error
     event_shape = fn.event_shape
     site_frames = _model_frames(site, outer)
     unconstrained_event_shape = transform.inverse_shape(event_shape)

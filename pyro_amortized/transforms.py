@@ -148,3 +148,45 @@ def bijection_to(support: constraints.Constraint) -> Transform:
     if isinstance(support, type(constraints.positive_definite)):
         return ComposeTransform([VectorToLowerCholesky(), CholeskyToPositiveDefinite()])
     return biject_to(support)
+
+
+SATURATION_CANDIDATES = (80.0, 40.0, 20.0, 15.0, 10.0, 5.0)
+"""Unconstrained magnitudes tried, largest first, by :func:`saturation_bound`."""
+
+
+def saturation_bound(transform: Transform, shape: torch.Size, dtype: torch.dtype) -> float | None:
+    """The largest unconstrained magnitude (of :data:`SATURATION_CANDIDATES`) at
+    which ``transform`` of an unconstrained value of ``shape`` still changes
+    with its input: beyond it, rounding or the transform's own clamps (a
+    sigmoid's values are clipped short of 0 and 1) make the constrained value
+    constant, or overflow makes it infinite, and gradients through it vanish.
+
+    :return: the bound, or ``None`` when even the smallest candidate saturates.
+
+    Usage::
+
+        transform = bijection_to(constraints.unit_interval)
+        saturation_bound(transform, torch.Size(), torch.float32)  # 15.0
+    """
+    with torch.no_grad():
+        for bound in SATURATION_CANDIDATES:
+            start = torch.full(shape, bound, dtype=dtype)
+            if all(_responds(transform, sign * start) for sign in (1.0, -1.0)):
+                return bound
+    return None
+
+
+def _responds(transform: Transform, start: torch.Tensor) -> bool:
+    here, further = transform(start), transform(start * 1.05)
+    finite = torch.isfinite(here).all() and torch.isfinite(further).all()
+    return bool(finite and (here != further).any())
+
+
+def guard_saturation(latent: torch.Tensor, bound: float) -> torch.Tensor:
+    """``latent`` clamped to ``[-bound, bound]`` with the gradient of the identity
+    (a straight-through clamp). A point estimate moved past the point where its
+    bijection saturates keeps a gradient that leads it back, where with the plain
+    value the gradient would be zero and the estimate would stay at the boundary
+    of its support for good. Inside the bound the value is ``latent`` itself.
+    """
+    return latent + (latent.clamp(-bound, bound) - latent).detach()

@@ -1,8 +1,15 @@
 """Shared helpers for the tests: training loops and closed-form divergences."""
 
+import os
+
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
+
+SEED = int(os.environ.get("PYRO_AMORTIZED_TEST_SEED", "0"))
+"""Base of every seed the tests train or sample with: run the suite with
+``PYRO_AMORTIZED_TEST_SEED=1`` (or any integer) to check that no test depends on
+a lucky seed."""
 
 
 def train(model, guide, *args, steps=1000, lr=0.01, lrd=1.0, elbo=None, **kwargs):

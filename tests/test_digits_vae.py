@@ -11,6 +11,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from helpers import SEED
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_amortized import AutoAmortizedGuide
@@ -24,7 +25,6 @@ from pyro_amortized.models import (
 
 pytest.importorskip("sklearn")
 
-SEED = 0
 LATENT_DIM = 5
 HIDDEN_DIM = 256
 BATCH_SIZE = 128

@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import decrease, train
+from helpers import SEED, decrease, train
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_amortized import AutoAmortizedGuide, AutoAmortizedNormalizingFlow
@@ -92,7 +92,7 @@ def sleep_phase(guide, steps, lr):
 
 
 def test_spline_flow_fits_a_bimodal_posterior():
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(SEED)
     x, held_out = simulate_squared(4000, seed=100), simulate_squared(1000, seed=999)
     elbo = Trace_ELBO(num_particles=8, vectorize_particles=True)
     flow = AutoAmortizedNormalizingFlow(

@@ -15,6 +15,7 @@ import os
 import pyro
 import pyro.distributions as dist
 import torch
+from helpers import SEED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyro import poutine
@@ -127,7 +128,7 @@ def model_shapes(model, args):
 @given(spec=model_specs())
 def test_generated_model(spec):
     pyro.clear_param_store()
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(SEED)
     model = make_model(spec)
     train_args, new_args = data(spec, 6, seed=1), data(spec, 5, seed=2)
     guide = AutoAmortizedGuide(model, hidden_dims=(8,))

@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import SEED
 from models import factor_data, presubsampled_model
 from pyro.infer import Trace_ELBO
 from torch.utils.data import DataLoader, TensorDataset
@@ -46,7 +47,7 @@ def test_trainer_takes_the_steps_of_a_hand_written_loop():
     loader = DataLoader(TensorDataset(x), batch_size=16, shuffle=False)
     runs = []
     for use_lightning in (True, False):
-        pyro.set_rng_seed(0)
+        pyro.set_rng_seed(SEED)
         guide = AutoAmortizedDelta(presubsampled_model)
         guide(x[:2], len(x))
         initial = [p.detach().clone() for p in guide.parameters()]

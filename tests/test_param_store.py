@@ -3,7 +3,7 @@
 import pyro
 import pytest
 import torch
-from helpers import train
+from helpers import SEED, train
 from models import factor_data, minibatch_model
 from pyro.infer import Trace_ELBO
 
@@ -12,7 +12,7 @@ from pyro_amortized import AutoAmortizedDelta, AutoAmortizedGuide
 
 def _trained(seed, steps=20):
     pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(SEED + seed)
     guide = AutoAmortizedGuide(minibatch_model)
     train(minibatch_model, guide, factor_data(60), steps=steps)
     return {name: value.detach().clone() for name, value in guide.state_dict().items()}

@@ -1,6 +1,7 @@
 """Reading the model: arguments, data plates, local and global sites, and the
 clear error each bad input gets."""
 
+import math
 import warnings
 
 import pyro
@@ -9,6 +10,7 @@ import pytest
 import torch
 from models import factor_data, factor_model, regression_data, regression_model
 from pyro import poutine
+from pyro.infer.reparam import LatentStableReparam, LocScaleReparam, ProjectedNormalReparam
 
 from pyro_amortized import AutoAmortizedGuide, MLPEncoder
 from pyro_amortized.structure import bind_arguments, locate_argument, read_model, trace_prototype
@@ -206,18 +208,86 @@ def test_discrete_latent_without_an_amortized_head(where):
             pyro.sample("x", dist.Normal(count + switch, 1.0), obs=x)
 
     blocked = poutine.block(model, hide=["count" if where == "global" else "switch"])
-    with pytest.raises(ValueError, match="discrete support.*Bernoulli, Categorical"):
+    expected = {
+        "global": "'switch' is discrete and global: it sits outside every data plate",
+        "local count": "'count' has discrete support .* no amortized head",
+    }[where]
+    with pytest.raises(ValueError, match=expected) as error:
         AutoAmortizedGuide(blocked)(torch.zeros(3))
+    assert "infer={'enumerate': 'parallel'}" in str(error.value)
+    assert "https://pyro.ai/examples/enumeration.html" in str(error.value)
 
 
-def test_support_without_a_bijection():
+def _direction_model(x):
+    with pyro.plate("data", x.shape[0]):
+        direction = pyro.sample("direction", dist.ProjectedNormal(torch.ones(2)))
+        pyro.sample("x", dist.Normal(direction[..., 0], 1.0), obs=x)
+
+
+def test_support_without_a_bijection_names_the_reparametrizer():
+    with pytest.raises(ValueError, match="support Sphere, which has no bijection") as error:
+        AutoAmortizedGuide(_direction_model)(torch.zeros(3))
+    assert "ProjectedNormalReparam" in str(error.value)
+    assert "config={'direction': ProjectedNormalReparam()}" in str(error.value)
+
+
+def test_the_named_reparametrizer_makes_the_sphere_site_local():
+    model = poutine.reparam(_direction_model, config={"direction": ProjectedNormalReparam()})
+    guide = AutoAmortizedGuide(model)
+    guide(torch.zeros(3))
+    assert guide.local_sites == ("direction_normal",)
+
+
+def test_unsized_plates_read_as_sized_ones():
+    def model(x, unsized):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data") if unsized else pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([x.shape[0]]))
+            pyro.sample("x", dist.Normal(loc + z, 1.0).to_event(1).expand([x.shape[0]]), obs=x)
+
+    x = torch.randn(7, 1).expand(7, 3)
+    sized, unsized = (_structure(model, x, flag) for flag in (False, True))
+    assert unsized.data_plates == sized.data_plates
+    assert unsized.frames["data"].size == unsized.frames["data"].full_size == 7
+    assert unsized.sites == sized.sites
+
+
+@pytest.mark.parametrize(
+    "reparam, prior",
+    [
+        (LocScaleReparam(0.5), dist.Normal(1.0, 2.0)),
+        (LatentStableReparam(), dist.Stable(1.5, 0.3, 2.0, 1.0)),
+    ],
+    ids=["LocScaleReparam", "LatentStableReparam"],
+)
+def test_reparametrized_sites_are_not_data(reparam, prior):
+    # The reparametrizers leave an observed point mass at the original site:
+    # it holds no data, so the model has none (no closure-data error).
+    def model():
+        with pyro.plate("units", 5):
+            pyro.sample("effect", prior)
+
+    model = poutine.reparam(model, config={"effect": reparam})
+    guide = AutoAmortizedGuide(model)
+    with pytest.warns(UserWarning, match="nothing to amortize"):
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
+        losses = [svi.step() for _ in range(3)]
+    assert guide.data_plates == {} and guide.local_sites == ()
+    assert "effect" not in guide.global_sites and guide.global_sites
+    assert all(math.isfinite(loss) for loss in losses)
+
+
+def test_reparametrized_local_sites_beside_data_are_local():
     def model(x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
         with pyro.plate("data", x.shape[0]):
-            direction = pyro.sample("direction", dist.ProjectedNormal(torch.ones(2)))
-            pyro.sample("x", dist.Normal(direction[..., 0], 1.0), obs=x)
+            effect = pyro.sample("effect", dist.Normal(0.0, scale))
+            pyro.sample("x", dist.Normal(effect, 1.0), obs=x)
 
-    with pytest.raises(ValueError, match="support Sphere, which has no bijection.*reparam"):
-        AutoAmortizedGuide(model)(torch.zeros(3))
+    model = poutine.reparam(model, config={"effect": LocScaleReparam(0.0)})
+    structure = _structure(model, torch.zeros(6))
+    assert structure.data_plates["data"].inputs == ("x",)
+    assert structure.local_sites == ("effect_decentered",)
 
 
 def test_batch_dimensions_left_of_the_data_plate():

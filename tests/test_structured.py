@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import train
+from helpers import SEED, train
 from models import factor_data, factor_model
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
@@ -33,7 +33,7 @@ def _log_evidence(x):
 
 def _trained(dependencies):
     pyro.clear_param_store()
-    pyro.set_rng_seed(0)
+    pyro.set_rng_seed(SEED)
     guide = AutoAmortizedGuide(
         shift_model, hidden_dims=(64,), dependencies=dependencies, enumerate_discrete="parallel"
     )
