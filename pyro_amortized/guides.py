@@ -639,7 +639,9 @@ class AutoAmortizedGuide(AutoGuide):
         for name, frame in structure.frames.items():
             if name in plates:
                 continue
-            if name in structure.data_plates:
+            if name in structure.unsized:  # sized by broadcasting, as in the model
+                plates[name] = pyro.plate(name, dim=frame.dim)
+            elif name in structure.data_plates:
                 plate = structure.data_plates[name]
                 plates[name] = self._data_plate(plate, sizes.get(name), args, kwargs)
             else:

@@ -233,8 +233,11 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
         diagonal = _inverse_softplus(max(init_scale**2 / 2, MIN_SCALE))
         self.diagonal = self._linear(torch.full(self.batch_shape + (self.size,), diagonal))
         # A nonzero start: at F = 0 the gradient with respect to F vanishes.
-        factor = torch.randn(self.batch_shape + (self.size * self.rank,))
-        self.factor = self._linear(factor * init_scale / (2 * self.rank) ** 0.5)
+        # Random directions, each row of F of norm init_scale / sqrt(2): every
+        # coordinate starts with standard deviation init_scale exactly.
+        factor = torch.randn(self.batch_shape + (self.size, self.rank))
+        factor = factor / factor.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.factor = self._linear(factor.flatten(-2) * init_scale / 2**0.5)
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
         loc = self._outputs(self.loc, features, self.size)

@@ -120,11 +120,15 @@ class ModelStructure:
     :param data_plates: the data plates by name.
     :param sites: every latent site the guide covers, in model order.
     :param frames: every vectorized plate of the model by name, as first seen.
+    :param unsized: the plates the model declares without a size
+        (``pyro.plate("data")``): their frames hold the size their sites
+        broadcast to, and the guide declares them without a size too.
     """
 
     data_plates: dict[str, DataPlate]
     sites: dict[str, LatentSite]
     frames: dict[str, CondIndepStackFrame]
+    unsized: frozenset[str] = frozenset()
 
     @property
     def local_sites(self) -> tuple[str, ...]:
@@ -360,7 +364,9 @@ def read_model(
     }
     if amortize_on is None:
         _warn_if_shared(data_plates)
-    return ModelStructure(data_plates=data_plates, sites=sites, frames=frames)
+    # A plate with a size records its subsample site; one without records none.
+    unsized = frozenset(name for name in frames if name not in trace.nodes)
+    return ModelStructure(data_plates=data_plates, sites=sites, frames=frames, unsized=unsized)
 
 
 def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:

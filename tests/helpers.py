@@ -6,6 +6,23 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_amortized import (
+    AutoAmortizedDelta,
+    AutoAmortizedGuide,
+    AutoAmortizedLowRankMultivariateNormal,
+    AutoAmortizedMultivariateNormal,
+    AutoAmortizedNormalizingFlow,
+)
+
+FAMILIES = [
+    AutoAmortizedGuide,
+    AutoAmortizedDelta,
+    AutoAmortizedMultivariateNormal,
+    AutoAmortizedLowRankMultivariateNormal,
+    AutoAmortizedNormalizingFlow,
+]
+"""Every guide family, for tests parametrized over them."""
+
 SEED = int(os.environ.get("PYRO_AMORTIZED_TEST_SEED", "0"))
 """Base of every seed the tests train or sample with: run the suite with
 ``PYRO_AMORTIZED_TEST_SEED=1`` (or any integer) to check that no test depends on

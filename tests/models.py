@@ -97,10 +97,12 @@ def count_data(num_docs, num_words=4, seed=0):
     return torch.poisson(3.0 * torch.ones(num_docs, num_words), generator=generator)
 
 
-def mixture_data(num_rows, seed=0):
+def mixture_data(num_rows, seed=0, with_centers=False):
+    """Points around -3 and 3; with ``with_centers``, also each point's center."""
     generator = torch.Generator().manual_seed(seed)
     centers = torch.tensor([-3.0, 3.0])[torch.randint(2, (num_rows,), generator=generator)]
-    return centers + torch.randn(num_rows, generator=generator)
+    x = centers + torch.randn(num_rows, generator=generator)
+    return (x, centers) if with_centers else x
 
 
 def indexed_model(x, indices):

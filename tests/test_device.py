@@ -7,10 +7,9 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import train
+from helpers import FAMILIES, train
 from models import FEATURES, LATENT, factor_data, factor_model, regression_data
 from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
-from test_guides import FAMILIES
 
 from pyro_amortized import AutoAmortizedGuide, LocalIWAE
 from pyro_amortized.diagnostics import amortization_gap, log_evidence, refine

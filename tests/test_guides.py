@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import SEED, decrease, train
+from helpers import FAMILIES, SEED, decrease, train
 from models import (
     count_data,
     factor_data,
@@ -44,20 +44,11 @@ from pyro_amortized import (
     AutoAmortizedDelta,
     AutoAmortizedGuide,
     AutoAmortizedLowRankMultivariateNormal,
-    AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
     AutoAmortizedNormalizingFlow,
     MLPEncoder,
 )
 from pyro_amortized.heads import FlowHead
-
-FAMILIES = [
-    AutoAmortizedGuide,
-    AutoAmortizedDelta,
-    AutoAmortizedMultivariateNormal,
-    AutoAmortizedLowRankMultivariateNormal,
-    AutoAmortizedNormalizingFlow,
-]
 
 MODELS = {
     "factor": (factor_model, lambda n: (factor_data(n),)),
@@ -297,16 +288,26 @@ def test_flows_under_jit_compute_the_eager_loss(flow):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trace_enum_elbo_with_model_enumerated_sites(family):
-    x = mixture_data(200)
+    x, centers = mixture_data(200, with_centers=True)
     init = init_to_value(values={"locs": torch.tensor([-1.0, 1.0])})  # breaks the symmetry
     guide = family(mixture_model, init_loc_fn=init)
     losses = train(
-        mixture_model, guide, x, steps=300, lr=0.05, elbo=TraceEnum_ELBO(max_plate_nesting=1)
+        mixture_model,
+        guide,
+        x,
+        steps=600,
+        lr=0.05,
+        lrd=0.995,  # to 0.0025: the last steps settle rather than wander
+        elbo=TraceEnum_ELBO(max_plate_nesting=1),
     )
     assert "assignment" not in guide.local_sites + guide.global_sites
     assert all(torch.isfinite(torch.tensor(losses)))
     assert decrease(losses, window=50) < 0
-    assert guide.median(x)["locs"].sort().values.allclose(torch.tensor([-3.0, 3.0]), atol=0.5)
+    # The posterior means of the locations are close to the clusters' sample
+    # means (posterior sd about 0.11). Largest error at seeds 0-2 for the flow: 0.15.
+    cluster_means = torch.stack([x[centers < 0].mean(), x[centers > 0].mean()])
+    error = (guide.median(x)["locs"].sort().values - cluster_means).abs().max()
+    assert error < 0.35
 
 
 @pytest.mark.parametrize("family", FAMILIES)
