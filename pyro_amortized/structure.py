@@ -302,11 +302,17 @@ _EXPLICIT = "_pyro_amortized_explicit_subsample"
 
 class _MarkExplicitSubsample(Messenger):
     """Marks the subsample sites of plates given their indices by the model
-    (``pyro.plate(name, N, subsample=indices)``): their value is set on entry."""
+    (``pyro.plate(name, N, subsample=indices)``): their value is set on entry.
+
+    Only an integer tensor is indices. Models also pass the data itself
+    (``pyro.plate("data", len(x), subsample=x)``, to size the plate from it):
+    that selects no rows, and the data stays an input of the encoder."""
 
     def _pyro_sample(self, msg: dict) -> None:
-        if site_is_subsample(msg) and msg["value"] is not None:
-            msg["infer"][_EXPLICIT] = True
+        value = msg["value"]
+        if site_is_subsample(msg) and isinstance(value, torch.Tensor):
+            if not (value.is_floating_point() or value.is_complex()):
+                msg["infer"][_EXPLICIT] = True
 
 
 def explicit_indices(trace: poutine.Trace, plate: str) -> torch.Tensor | None:
@@ -719,8 +725,15 @@ def call_key(args: tuple, kwargs: dict) -> tuple:
 
 
 def _value_key(value: Any) -> Any:
+    """A tensor by its shape, type and device; a tuple (a ``PackedSequence``, any
+    named tuple), list or dict by the keys of its items; another value by itself
+    where it hashes, else by its identity."""
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_value_key(item) for item in value))
+    if isinstance(value, dict):
+        return (dict, tuple((key, _value_key(item)) for key, item in value.items()))
     try:
         hash(value)
     except TypeError:

@@ -170,6 +170,70 @@ def test_indices_passed_with_the_minibatch_rows():
     assert trace.nodes["z"]["scale"] == 10.0
 
 
+def test_float_data_passed_as_subsample_is_data_not_indices():
+    # Pyro's CEVAE sizes its plate from the data: pyro.plate("data", N, subsample=x).
+    def model(x):
+        with pyro.plate("data", x.shape[0], subsample=x):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            noise = dist.Normal(z.unsqueeze(-1), 0.5).expand(z.shape + x.shape[-1:])
+            pyro.sample("x", noise.to_event(1), obs=x)
+
+    x = torch.randn(40, 1).expand(40, 3)
+    guide = AutoAmortizedGuide(model, hidden_dims=())
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True)
+    losses = train(model, guide, x, steps=1500, lr=0.05, lrd=0.998, elbo=elbo)
+    assert guide.data_plates == {"data": ("x",)}  # the encoder reads x
+    assert all(torch.isfinite(torch.tensor(losses)))
+    # z | x ~ N(3 x / 3.25, 1 / 13): the guide has seen x.
+    expected = 3 * x[:, 0] / 3.25
+    error = (guide.median(x)["z"] - expected).abs().max()
+    print(f"largest error of the posterior mean: {error:.3f}")
+    assert error < 0.15
+
+
+def test_plates_without_guide_sites_are_rebuilt_per_call():
+    # A subsampled plate that holds only observed sites (Pyro's HMM example,
+    # "sequences"): full data, then a test set of another size.
+    def model(x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("sequences", x.shape[0], subsample_size=min(8, x.shape[0])) as rows:
+            pyro.sample("x", dist.Normal(0.0, scale), obs=x[rows])
+
+    guide = AutoAmortizedGuide(model)
+    with pytest.warns(UserWarning, match="nothing to amortize"):
+        train(model, guide, torch.randn(200), steps=2)
+    for rows in (200, 60, 5):
+        trace = poutine.trace(guide).get_trace(torch.randn(rows))
+        assert trace.nodes["sequences"]["value"].shape == (min(8, rows),)
+        assert trace.nodes["sequences"]["value"].max() < rows
+    replayed = poutine.trace(poutine.replay(model, trace=trace)).get_trace(torch.randn(5))
+    assert torch.equal(replayed.nodes["sequences"]["value"], trace.nodes["sequences"]["value"])
+
+
+def test_packed_sequence_arguments_hit_the_plate_size_cache():
+    from torch.nn.utils.rnn import pack_sequence
+
+    runs = []
+
+    def model(x, packed):
+        runs.append(1)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model, amortize_on="x")
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+
+    def batch():
+        return torch.randn(3), pack_sequence([torch.randn(4), torch.randn(3), torch.randn(2)])
+
+    svi.step(*batch())
+    runs.clear()
+    for _ in range(5):
+        svi.step(*batch())
+    assert len(runs) == 5  # the model runs once a step: no new prototype per call
+
+
 def test_indices_the_guide_cannot_find_are_a_clear_error():
     def model(x):
         with pyro.plate("data", x.shape[0], subsample=torch.arange(5)):
