@@ -743,7 +743,15 @@ def _value_key(value: Any) -> Any:
 
 def warn_if_nothing_to_amortize(structure: ModelStructure) -> None:
     """Warns once when the model has no data plate holding latent sites."""
-    if not structure.data_plates:
+    if not structure.sites:
+        warnings.warn(
+            "The model has no latent site the guide covers (every sample site is "
+            "observed, deterministic or enumerated by the model), so the guide samples "
+            "nothing. If a site should be latent, check that it is not given obs=.",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif not structure.data_plates:
         warnings.warn(
             "The model has no data plate with local latent sites, so there is nothing to "
             "amortize: every latent site gets per-site parameters, as with AutoNormal. "

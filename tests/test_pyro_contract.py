@@ -266,3 +266,13 @@ def test_a_point_estimate_comes_back_from_the_boundary_of_its_support(lr):
     for _ in range(500):
         svi.step(trials)
     assert guide.median(trials)["phi"].item() == pytest.approx(0.3, abs=0.01)
+
+
+def test_a_model_without_latent_sites_says_so():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    with pytest.warns(UserWarning, match="no latent site the guide covers"):
+        assert guide(torch.randn(5)) == {}
