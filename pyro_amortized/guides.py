@@ -66,6 +66,7 @@ from .upstream import (
     per_point,
     upstream_sites,
 )
+from .weights import Weight, handler_weights, vary, weighted, weights_on_rows
 
 _RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
 
@@ -363,6 +364,10 @@ class AutoAmortizedGuide(AutoGuide):
         # Where each bijection saturates: point estimates are kept inside.
         self._saturation_bounds: dict[str, float | None] = {}
         self._plate_sizes: dict[tuple, dict[str, tuple[int, int]]] = {}
+        # The model's scales and masks on guided sites, per call signature; read
+        # on every call instead where they are tensors (see weights.py).
+        self._weights: dict[tuple, dict[str, Weight]] = {}
+        self._weights_vary = False
         self._upstream: dict[str, tuple[str, ...]] = {}
         self._ran_with_store = False  # whether the network has been in the param store
 
@@ -504,7 +509,8 @@ class AutoAmortizedGuide(AutoGuide):
             setattr(self.global_params, _module_key(name), self._global_module(init, site))
         self._structure = structure
         self.to(device)  # the network and the global parameters live with the data
-        self._plate_sizes[call_key(args, kwargs)] = plate_sizes(trace, list(structure.frames))
+        self._remember_call(call_key(args, kwargs), trace)
+        self._weights_vary = vary(self._weights[call_key(args, kwargs)])
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
         (encoder,) = self._user_encoder
@@ -670,16 +676,33 @@ class AutoAmortizedGuide(AutoGuide):
         whatever the model computes them from.
         """
         key = call_key(args, kwargs)
-        sizes = self._plate_sizes.get(key)
-        if sizes is None:
-            sizes = {}
-            if self._model is not None:  # a guide loaded from disk has no model
-                trace, _ = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
-                sizes = plate_sizes(trace, list(self._structure.frames))
-            if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
-                self._plate_sizes.clear()
-            self._plate_sizes[key] = sizes
-        return sizes
+        if key not in self._plate_sizes:
+            if self._model is None:  # a guide loaded from disk has no model
+                self._plate_sizes[key], self._weights[key] = {}, {}
+            else:
+                self._remember_call(
+                    key, trace_prototype(self.model, self.init_loc_fn, args, kwargs)[0]
+                )
+        return self._plate_sizes[key]
+
+    def _remember_call(self, key: tuple, trace: Any) -> None:
+        """Keeps the plate sizes and the site weights of a call signature."""
+        if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
+            self._plate_sizes.clear()
+            self._weights.clear()
+        self._plate_sizes[key] = plate_sizes(trace, list(self._structure.frames))
+        self._weights[key] = handler_weights(trace, self._structure.sites)
+
+    def _call_weights(
+        self, args: tuple, kwargs: dict, plates: dict[str, pyro.plate]
+    ) -> dict[str, Weight]:
+        """The model's scale and mask of each guided site in this call (see
+        :mod:`pyro_amortized.weights`)."""
+        if self._weights_vary and self._model is not None:
+            return weights_on_rows(
+                self.model, self.init_loc_fn, args, kwargs, plates, self._structure.sites
+            )
+        return self._weights.get(call_key(args, kwargs), {})
 
     def _input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
         return [self._locations[name].fetch(args, kwargs) for name in plate.inputs]
@@ -774,8 +797,9 @@ class AutoAmortizedGuide(AutoGuide):
         self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool
     ) -> dict[str, torch.Tensor]:
         plates = self._plates(args, kwargs, every_row)
+        weights = self._call_weights(args, kwargs, plates)
         self._reclaim_global_params()
-        result = self._sample_globals(plates)
+        result = self._sample_globals(plates, weights)
         heads = self._registered_network().heads
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
@@ -783,7 +807,7 @@ class AutoAmortizedGuide(AutoGuide):
                 for name in plate.sites:
                     site = self._structure.sites[name]
                     head = heads[_module_key(name)]
-                    with self._inner_plates(site, plates):
+                    with self._inner_plates(site, plates), weighted(weights.get(name)):
                         inputs = self._head_input(features, plate, name, result)
                         result[name] = self._sample(site, head(inputs))
         return result
@@ -807,14 +831,16 @@ class AutoAmortizedGuide(AutoGuide):
         transform = self._transforms.get(name)  # none for a discrete site
         return value if transform is None else transform.inv(value)
 
-    def _sample_globals(self, plates: dict[str, pyro.plate]) -> dict[str, torch.Tensor]:
+    def _sample_globals(
+        self, plates: dict[str, pyro.plate], weights: dict[str, Weight]
+    ) -> dict[str, torch.Tensor]:
         result = {}
         if not self._structure.global_sites:
             return result
         global_params = self.global_params
         for name in self._structure.global_sites:
             site = self._structure.sites[name]
-            with self._inner_plates(site, plates):
+            with self._inner_plates(site, plates), weighted(weights.get(name)):
                 result[name] = self._sample(site, getattr(global_params, _module_key(name))())
         return result
 
@@ -975,7 +1001,7 @@ class AutoAmortizedGuide(AutoGuide):
         # AutoGuide, the model (often a local function) is not pickled, but
         # the live guide keeps it.
         state = PyroModule.__getstate__(self)
-        return {**state, "_model": None, "master": None, "_plate_sizes": {}}
+        return {**state, "_model": None, "master": None, "_plate_sizes": {}, "_weights": {}}
 
 
 class AutoAmortizedDelta(AutoAmortizedGuide):

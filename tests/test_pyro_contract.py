@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import FAMILIES, SEED, train
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.autoguide import AutoGuideList, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.reparam import LocScaleReparam
@@ -276,3 +276,84 @@ def test_a_model_without_latent_sites_says_so():
     guide = AutoAmortizedGuide(model)
     with pytest.warns(UserWarning, match="no latent site the guide covers"):
         assert guide(torch.randn(5)) == {}
+
+
+# ----------------------------------------------- scales and masks mirrored
+
+
+def weighted_model(x, mask):
+    """A conjugate model whose local terms are scaled (a likelihood weight of
+    0.3 on everything) and masked row by row (padded rows)."""
+    with poutine.scale(scale=0.3):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]), poutine.mask(mask=mask):
+            z = pyro.sample("z", dist.Normal(loc, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+
+def mirrored_guide(guide):
+    """The amortized guide's own distributions, hand-weighted as the model."""
+
+    def hand_written(x, mask):
+        q_loc = guide._global_unconstrained()["loc"]
+        q_z = guide.encode(x, mask)["z"]
+        with poutine.scale(scale=0.3):
+            loc = pyro.sample("loc", q_loc)
+            with pyro.plate("data", x.shape[0]), poutine.mask(mask=mask):
+                pyro.sample("z", q_z)
+        return {"loc": loc}
+
+    return hand_written
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceGraph_ELBO], ids=lambda e: e.__name__)
+def test_scales_and_masks_of_the_model_weight_the_guide_exactly(elbo):
+    x = torch.randn(12)
+    guide = AutoAmortizedGuide(weighted_model, hidden_dims=(8,))
+    masks = [torch.arange(12) < 7, torch.arange(12) % 3 > 0]  # two calls, two masks
+    guide(x, masks[0])
+    for mask in masks:
+        traces = {}
+        for name, candidate in (("ours", guide), ("hand", mirrored_guide(guide))):
+            pyro.set_rng_seed(SEED)
+            trace = poutine.trace(candidate).get_trace(x, mask)
+            traces[name] = trace
+        for site in ("loc", "z"):
+            ours, hand = traces["ours"].nodes[site], traces["hand"].nodes[site]
+            assert torch.equal(ours["value"], hand["value"])
+            assert ours["scale"] == hand["scale"] == 0.3, site
+        assert torch.equal(traces["ours"].nodes["z"]["mask"], mask)
+        losses = {}
+        for name, candidate in (("ours", guide), ("hand", mirrored_guide(guide))):
+            pyro.set_rng_seed(SEED)
+            losses[name] = elbo(num_particles=16, vectorize_particles=True).loss(
+                weighted_model, candidate, x, mask
+            )
+        assert losses["ours"] == pytest.approx(losses["hand"], rel=1e-6)
+
+
+def test_a_masked_local_site_keeps_a_bounded_scale():
+    # Without the mask on the guide's side, the masked rows' entropy grows
+    # the ELBO without limit: their scale runs away.
+    x, mask = torch.randn(40), torch.arange(40) < 20
+    guide = AutoAmortizedGuide(weighted_model, hidden_dims=(8,))
+    train(weighted_model, guide, x, mask, steps=500, lr=0.05)
+    low, high = guide.quantiles([0.16, 0.84], x, mask)["z"]
+    largest = ((high - low) / 2).max()
+    print(f"largest scale of z: {largest:.3f} (82 measured without the mask)")
+    assert largest < 3.0
+
+
+def test_masks_follow_the_minibatch_rows():
+    def model(x, mask):
+        with pyro.plate("data", x.shape[0], subsample_size=5) as rows:
+            with poutine.mask(mask=mask[rows]):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x[rows])
+
+    x, mask = torch.randn(30), torch.rand(30) < 0.5
+    guide = AutoAmortizedGuide(model, hidden_dims=(8,))
+    for _ in range(5):
+        trace = poutine.trace(guide).get_trace(x, mask)
+        rows = trace.nodes["data"]["value"]
+        assert torch.equal(trace.nodes["z"]["mask"], mask[rows])

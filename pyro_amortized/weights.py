@@ -1,0 +1,108 @@
+"""The scales and masks a model puts on its latent sites, mirrored in the guide.
+
+A model's ``poutine.scale`` (a likelihood weight, a KL annealing factor) and
+``poutine.mask`` (padded time steps, missing rows) weight the log-density terms
+of the sites they enclose. The ELBO is a bound only when the guide's terms of
+the same sites carry the same weights: a site masked in the model but not in
+the guide adds the entropy of its proposal to the ELBO, which then grows without
+limit as the proposal's scale runs away; a scale on the model's term alone
+trades the guide's entropy against the prior at the wrong rate.
+
+The weights are read from a run of the model. Weights that are plain numbers
+depend only on the shapes of a call and are read once per call signature;
+tensor weights (masks from the data) are read again on every call, from a run
+of the model on the guide's minibatch rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.util import get_rng_state, set_rng_state
+
+from .structure import trace_prototype
+
+Weight = tuple[Any, Any]
+"""A site's ``(scale, mask)``: a number or tensor, and ``None``, a bool or a tensor."""
+
+
+def handler_weights(trace: poutine.Trace, names: Iterable[str]) -> dict[str, Weight]:
+    """The scale and mask the model's handlers put on each named site of a trace,
+    the scale of its plates' subsampling taken out (the guide's own plates apply
+    that). Sites with neither are left out.
+
+    Usage::
+
+        handler_weights(trace, ["z"])   # {"z": (0.5, None)} under poutine.scale(scale=0.5)
+    """
+    weights = {}
+    for name in names:
+        site = trace.nodes[name]
+        subsampling = math.prod(
+            frame.full_size / frame.size
+            for frame in site["cond_indep_stack"]
+            if frame.full_size and frame.size > 0
+        )
+        scale = site["scale"] / subsampling
+        mask = site["mask"]
+        if not isinstance(scale, torch.Tensor) and math.isclose(scale, 1.0):
+            scale = 1.0
+        if mask is True:
+            mask = None
+        if isinstance(scale, torch.Tensor) or scale != 1.0 or mask is not None:
+            weights[name] = (scale, mask)
+    return weights
+
+
+def vary(weights: Mapping[str, Weight]) -> bool:
+    """Whether any weight is a tensor, which may change with the data of a call."""
+    return any(
+        isinstance(scale, torch.Tensor) or isinstance(mask, torch.Tensor)
+        for scale, mask in weights.values()
+    )
+
+
+def weights_on_rows(
+    model: Callable,
+    init_loc_fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    plates: Mapping[str, pyro.plate],
+    names: Iterable[str],
+) -> dict[str, Weight]:
+    """The weights of the named sites in a run of the model on this call, on
+    the minibatch rows of the guide's subsampled plates."""
+    rows = {
+        name: plate.indices
+        for name, plate in plates.items()
+        if 0 < plate.subsample_size < plate.size
+    }
+    # The run draws its initial values at random: the guide's own draws must not
+    # depend on it, so the random state is put back.
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            trace, _ = trace_prototype(
+                poutine.condition(model, data=rows), init_loc_fn, args, kwargs
+            )
+    finally:
+        set_rng_state(state)
+    return handler_weights(trace, names)
+
+
+def weighted(weight: Weight | None) -> ExitStack:
+    """Enters ``poutine.scale`` and ``poutine.mask`` with a site's weight."""
+    stack = ExitStack()
+    if weight is not None:
+        scale, mask = weight
+        if isinstance(scale, torch.Tensor) or scale != 1.0:
+            stack.enter_context(poutine.scale(scale=scale))
+        if mask is not None:
+            stack.enter_context(poutine.mask(mask=mask))
+    return stack
