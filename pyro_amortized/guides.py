@@ -554,7 +554,10 @@ class AutoAmortizedGuide(AutoGuide):
         self.network.encoders[_module_key(plate.name)] = encoder
         for name in plate.sites:
             site = structure.sites[name]
-            upstream = {u: model_value(trace.nodes[u], outer) for u in self._upstream.get(name, ())}
+            upstream = {
+                u: self._unconstrain(u, model_value(trace.nodes[u], outer))
+                for u in self._upstream.get(name, ())
+            }
             pieces = self._upstream_pieces(structure, plate, name, upstream)
             num_features = features.shape[-1] + sum(piece.shape[-1] for piece in pieces)
             if site.discrete is not None:
@@ -799,7 +802,7 @@ class AutoAmortizedGuide(AutoGuide):
         plates = self._plates(args, kwargs, every_row)
         weights = self._call_weights(args, kwargs, plates)
         self._reclaim_global_params()
-        result = self._sample_globals(plates, weights)
+        result, read = self._sample_globals(plates, weights)
         heads = self._registered_network().heads
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
@@ -808,22 +811,22 @@ class AutoAmortizedGuide(AutoGuide):
                     site = self._structure.sites[name]
                     head = heads[_module_key(name)]
                     with self._inner_plates(site, plates), weighted(weights.get(name)):
-                        inputs = self._head_input(features, plate, name, result)
-                        result[name] = self._sample(site, head(inputs))
+                        inputs = self._head_input(features, plate, name, read)
+                        result[name], read[name] = self._sample(site, head(inputs))
         return result
 
     def _head_input(
         self, features: torch.Tensor, plate: DataPlate, name: str, values: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """The encoder's features and the values of the sites the head reads, in
-        unconstrained space (logs of scales, not the scales)."""
+        """The encoder's features and the values of the sites the head reads:
+        ``values`` are in unconstrained space (logs of scales, not the scales)."""
         return head_input(features, self._upstream_pieces(self._structure, plate, name, values))
 
     def _upstream_pieces(
         self, structure: ModelStructure, plate: DataPlate, name: str, values: dict
     ) -> list[torch.Tensor]:
         return [
-            per_point(self._unconstrain(u, values[u]), structure.sites[u], plate.dim)
+            per_point(values[u], structure.sites[u], plate.dim)
             for u in self._upstream.get(name, ())
         ]
 
@@ -833,16 +836,19 @@ class AutoAmortizedGuide(AutoGuide):
 
     def _sample_globals(
         self, plates: dict[str, pyro.plate], weights: dict[str, Weight]
-    ) -> dict[str, torch.Tensor]:
-        result = {}
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The global sites' values, and the values the heads read (see :meth:`_sample`)."""
+        result, read = {}, {}
         if not self._structure.global_sites:
-            return result
+            return result, read
         global_params = self.global_params
         for name in self._structure.global_sites:
             site = self._structure.sites[name]
             with self._inner_plates(site, plates), weighted(weights.get(name)):
-                result[name] = self._sample(site, getattr(global_params, _module_key(name))())
-        return result
+                result[name], read[name] = self._sample(
+                    site, getattr(global_params, _module_key(name))()
+                )
+        return result, read
 
     @staticmethod
     def _inner_plates(site: LatentSite, plates: dict[str, pyro.plate]) -> ExitStack:
@@ -853,18 +859,27 @@ class AutoAmortizedGuide(AutoGuide):
                 stack.enter_context(plates[frame.name])
         return stack
 
-    def _sample(self, site: LatentSite, unconstrained: dist.Distribution) -> torch.Tensor:
+    def _sample(
+        self, site: LatentSite, unconstrained: dist.Distribution
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples a site: its value, and the value heads downstream read, the
+        unconstrained sample itself (never ``transform.inv(transform(latent))``,
+        which overflows for exp-like bijections), or the unconstrained image of
+        a value the guide was conditioned or replayed on."""
         if site.discrete is not None:
-            return pyro.sample(site.name, unconstrained, infer=self._discrete_infer(site))
+            value = pyro.sample(site.name, unconstrained, infer=self._discrete_infer(site))
+            return value, value
         transform = self._transforms[site.name]
         if _is_identity(transform):  # real support: no auxiliary site, no Jacobian
-            return pyro.sample(site.name, unconstrained)
+            value = pyro.sample(site.name, unconstrained)
+            return value, value
         latent = pyro.sample(
             site.name + "_unconstrained", unconstrained, infer={"is_auxiliary": True}
         )
         point_estimate = isinstance(unconstrained, dist.Delta)  # MAP in constrained space
         bound = self._saturation_bounds.get(site.name) if point_estimate else None
-        value = transform(latent if bound is None else guard_saturation(latent, bound))
+        latent = latent if bound is None else guard_saturation(latent, bound)
+        value = transform(latent)
         log_density = 0.0
         if self._jacobian and not point_estimate and poutine.get_mask() is not False:
             log_density = transform.inv.log_abs_det_jacobian(value, latent)
@@ -872,7 +887,10 @@ class AutoAmortizedGuide(AutoGuide):
                 log_density, log_density.dim() - value.dim() + site.event_dim
             )
         delta = dist.Delta(value, log_density=log_density, event_dim=site.event_dim)
-        return pyro.sample(site.name, delta)
+        sampled = pyro.sample(site.name, delta)
+        # The Delta returns a view of ``value``, unless conditioned or replayed.
+        own = sampled.shape == value.shape and sampled.data_ptr() == value.data_ptr()
+        return sampled, latent if own else transform.inv(sampled)
 
     def _discrete_infer(self, site: LatentSite) -> dict:
         """How ELBOs treat a discrete local site: enumerated by TraceEnum_ELBO when
@@ -897,7 +915,7 @@ class AutoAmortizedGuide(AutoGuide):
         result = {}
         with self._data_errors_explained(args, kwargs):
             values = {
-                name: self._site_quantiles(name, distribution, [0.5])[0]
+                name: self._unconstrained_median(name, distribution)
                 for name, distribution in self._global_unconstrained(read).items()
             }
             for plate in structure.data_plates.values():
@@ -906,7 +924,7 @@ class AutoAmortizedGuide(AutoGuide):
                     head = self._network.heads[_module_key(name)]
                     result[name] = head(self._head_input(features, plate, name, values))
                     if name in read:
-                        values[name] = self._site_quantiles(name, result[name], [0.5])[0]
+                        values[name] = self._unconstrained_median(name, result[name])
         return result
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
@@ -986,6 +1004,12 @@ class AutoAmortizedGuide(AutoGuide):
             name: self._site_quantiles(name, unconstrained, quantiles)
             for name, unconstrained in self._all_unconstrained(args, kwargs).items()
         }
+
+    def _unconstrained_median(self, name: str, distribution: dist.Distribution) -> torch.Tensor:
+        """A site's median as a head reads it: in unconstrained space."""
+        if name not in self._transforms:  # a discrete site
+            return discrete_quantiles(distribution, [0.5])[0]
+        return unconstrained_quantiles(distribution, [0.5])[0]
 
     def _site_quantiles(
         self, name: str, distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor

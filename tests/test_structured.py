@@ -114,3 +114,38 @@ def test_large_globals_are_not_read_unless_named():
     named = AutoAmortizedGuide(model, dependencies={"theta": ["topics"]})
     named(x)
     assert named.upstream_sites == {"theta": ("topics",)}
+
+
+def _scale_model(x):
+    with pyro.plate("data", x.shape[0]):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        z = pyro.sample("z", dist.Normal(0.0, scale))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_heads_read_the_unconstrained_sample_itself():
+    # exp(100) overflows float32: a head reading log(exp(latent)) would get inf.
+    x = torch.randn(6)
+    guide = AutoAmortizedGuide(_scale_model, dependencies={"z": ["scale"]})
+    guide(x)
+    with torch.no_grad():
+        guide.network.heads["scale"].loc.bias.fill_(100.0)
+    trace = poutine.trace(guide).get_trace(x)
+    assert torch.isinf(trace.nodes["scale"]["value"]).all()
+    assert torch.isfinite(trace.nodes["z"]["value"]).all()
+    assert torch.isfinite(guide.median(x)["z"]).all()
+
+
+def test_heads_read_a_conditioned_upstream_value():
+    x = torch.randn(6)
+    guide = AutoAmortizedGuide(_scale_model, dependencies={"z": ["scale"]})
+    guide(x)
+    with torch.no_grad():
+        guide.network.heads["z"].loc.weight.fill_(1.0)  # z's mean reads log(scale)
+    values = {}
+    for scale in (0.1, 10.0):
+        conditioned = poutine.condition(guide, data={"scale": torch.full((6,), scale)})
+        pyro.set_rng_seed(SEED)
+        values[scale] = poutine.trace(conditioned).get_trace(x).nodes["z"]["value"]
+    # z's head read log(scale): its means differ by log(10) - log(0.1).
+    assert torch.allclose(values[10.0] - values[0.1], torch.tensor(math.log(100.0)), atol=1e-4)
