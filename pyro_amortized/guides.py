@@ -543,7 +543,8 @@ class AutoAmortizedGuide(AutoGuide):
         device: torch.device,
     ) -> None:
         encoder = self._plate_encoder(plate.name)
-        inputs = plate_inputs(plate, [arguments[name] for name in plate.inputs], None, None)
+        values = plate.rows_first([arguments[name] for name in plate.inputs])
+        inputs = plate_inputs(plate, values, None, None)
         if self.standardize_inputs:
             encoder = StandardizingEncoder(encoder, inputs)
         elif isinstance(encoder, MLPEncoder):
@@ -708,7 +709,10 @@ class AutoAmortizedGuide(AutoGuide):
         return self._weights.get(call_key(args, kwargs), {})
 
     def _input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
-        return [self._locations[name].fetch(args, kwargs) for name in plate.inputs]
+        """The plate's inputs in this call, data points along their first axis."""
+        return plate.rows_first(
+            [self._locations[name].fetch(args, kwargs) for name in plate.inputs]
+        )
 
     def _data_plate(
         self, plate: DataPlate, sizes: tuple[int, int] | None, args: tuple, kwargs: dict

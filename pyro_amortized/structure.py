@@ -64,6 +64,9 @@ class DataPlate:
     :param sites: the local latent sites in this plate, in model order.
     :param indices: the model argument holding the plate's minibatch indices
         when the model passes them (``pyro.plate(name, N, subsample=indices)``).
+    :param axes: the axis of each input along which its data points lie: 0,
+        or the axis the plate takes in an observed value (documents in the last
+        axis of a words x documents count matrix). Empty means all 0.
     """
 
     name: str
@@ -75,6 +78,15 @@ class DataPlate:
     presubsampled: bool
     sites: tuple[str, ...]
     indices: str | None = None
+    axes: tuple[int, ...] = ()
+
+    def rows_first(self, values: Sequence[Any]) -> list[Any]:
+        """The inputs' values with the data points along their first axis."""
+        axes = self.axes or (0,) * len(values)
+        return [
+            value.movedim(axis, 0) if axis and isinstance(value, torch.Tensor) else value
+            for value, axis in zip(values, axes, strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -432,20 +444,44 @@ def _rows(value: Any) -> int | None:
     return None
 
 
-def _feeds(frame: CondIndepStackFrame, value: Any) -> bool:
-    """Whether an argument's rows match the plate (full data or the minibatch)."""
-    return _rows(value) in (frame.full_size or frame.size, frame.size)
+def _feeding_axis(frame: CondIndepStackFrame, value: Any, offsets: Sequence[int]) -> int | None:
+    """The axis along which an argument holds the plate's data points (the full
+    data or the minibatch): its first, else one that sits where the plate sits
+    in an observed value, counted from the right (see :func:`_observed_offsets`).
+    ``None`` if no axis has the plate's size."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return None
+    sizes = (frame.full_size or frame.size, frame.size)
+    for axis in (0, *(value.dim() - offset for offset in offsets)):
+        if 0 <= axis < value.dim() and value.shape[axis] in sizes:
+            return axis
+    return None
 
 
-def _leads_observation(frame: CondIndepStackFrame, observed: dict, outer: frozenset[str]) -> bool:
-    """Whether the plate is the leading dimension of an observed site in it."""
+def _observed_offsets(
+    frame: CondIndepStackFrame, observed: dict, latent: dict, outer: frozenset[str]
+) -> tuple[int, ...]:
+    """Where the plate indexes the data of observed sites, counted from the right
+    of each value. A plate indexes a site's data where it is the site's leading
+    dimension, or where it is the site's outermost plate and the plate of the
+    leading dimension holds no latent site (documents around words, in a
+    words x documents matrix; but data inside features, in a data x features
+    matrix, keeps the data plate). Empty where the plate indexes no data."""
+    offsets = set()
     for site in observed.values():
-        if frame in _model_frames(site, outer):
-            value = model_value(site, outer)
-            position = value.dim() - site["fn"].event_dim + frame.dim
-            if position == 0 and value.shape[0] == frame.size:
-                return True
-    return False
+        frames = _model_frames(site, outer)
+        if frame not in frames:
+            continue
+        value = model_value(site, outer)
+        batch_dims = value.dim() - site["fn"].event_dim
+        position = batch_dims + frame.dim
+        leading = next((f for f in frames if batch_dims + f.dim == 0), None)
+        outermost = frames[0] == frame and (
+            leading is None or not _holds_latents(leading, latent, outer)
+        )
+        if (position == 0 or outermost) and value.shape[position] == frame.size:
+            offsets.add(value.dim() - position)
+    return tuple(sorted(offsets, reverse=True))
 
 
 def _holds_latents(frame: CondIndepStackFrame, latent: dict, outer: frozenset[str]) -> bool:
@@ -460,23 +496,31 @@ def _data_plate_candidates(
     amortize_on: AmortizeOn,
     outer: frozenset[str],
 ) -> dict[str, tuple[str, ...]]:
-    """Plates that could be data plates, with the arguments that would feed them."""
+    """Plates that could be data plates, with the arguments that would feed them
+    and the axis of each along which the data points lie."""
+    offsets = {
+        name: _observed_offsets(frame, observed, latent, outer) for name, frame in frames.items()
+    }
     if isinstance(amortize_on, Mapping):
-        return _explicit_candidates(frames, arguments, amortize_on)
+        return _explicit_candidates(frames, arguments, amortize_on, offsets)
     if amortize_on is not None:
         names = (amortize_on,) if isinstance(amortize_on, str) else tuple(amortize_on)
         _check_argument_names(names, arguments)
-        return {
-            name: names
-            for name, frame in frames.items()
-            if _holds_latents(frame, latent, outer)
-            and all(_feeds(frame, arguments[arg]) for arg in names)
-        }
+        candidates = {}
+        for name, frame in frames.items():
+            axes = [_feeding_axis(frame, arguments[arg], offsets[name]) for arg in names]
+            if _holds_latents(frame, latent, outer) and None not in axes:
+                candidates[name] = tuple(zip(names, axes, strict=True))
+        return candidates
     candidates = {}
     for name, frame in frames.items():
-        if not _leads_observation(frame, observed, outer):
+        if not offsets[name]:
             continue
-        inputs = tuple(arg for arg, value in arguments.items() if _feeds(frame, value))
+        inputs = tuple(
+            (arg, axis)
+            for arg, value in arguments.items()
+            if (axis := _feeding_axis(frame, value, offsets[name])) is not None
+        )
         if inputs:
             candidates[name] = inputs
         elif _holds_latents(frame, latent, outer):
@@ -506,8 +550,8 @@ def _check_argument_names(names: Sequence[str], arguments: dict[str, Any]) -> No
 
 
 def _explicit_candidates(
-    frames: dict, arguments: dict[str, Any], amortize_on: Mapping
-) -> dict[str, tuple[str, ...]]:
+    frames: dict, arguments: dict[str, Any], amortize_on: Mapping, offsets: dict
+) -> dict[str, tuple[tuple[str, int], ...]]:
     candidates = {}
     for plate, names in amortize_on.items():
         if plate not in frames:
@@ -518,15 +562,16 @@ def _explicit_candidates(
         names = (names,) if isinstance(names, str) else tuple(names)
         _check_argument_names(names, arguments)
         frame = frames[plate]
-        for name in names:
-            if not _feeds(frame, arguments[name]):
+        axes = [_feeding_axis(frame, arguments[name], offsets[plate]) for name in names]
+        for name, axis in zip(names, axes, strict=True):
+            if axis is None:
                 raise ValueError(
                     f"amortize_on feeds plate '{plate}' (size {frame.full_size or frame.size}"
                     f", subsample size {frame.size}) with argument '{name}', whose first "
                     f"dimension has size {arguments[name].shape[0]}. Its rows must be the "
                     "plate's data points."
                 )
-        candidates[plate] = names
+        candidates[plate] = tuple(zip(names, axes, strict=True))
     return candidates
 
 
@@ -656,21 +701,24 @@ def _latent_site(
 
 def _data_plate(
     frame: CondIndepStackFrame,
-    inputs: tuple[str, ...],
+    feeds: tuple[tuple[str, int], ...],
     arguments: dict,
     sites: tuple[str, ...],
     explicit: torch.Tensor | None,
 ) -> DataPlate:
     full_size = frame.full_size or frame.size
     indices = None if explicit is None else _indices_argument(frame.name, explicit, arguments)
-    inputs = tuple(name for name in inputs if name != indices)
-    if not inputs:
+    feeds = tuple((name, axis) for name, axis in feeds if name != indices)
+    if not feeds:
         raise ValueError(
             f"Plate '{frame.name}' holds latent sites, but no model argument other than "
             f"its indices '{indices}' has one row per data point. Pass the data as an "
             "argument, or name the inputs with amortize_on=."
         )
-    rows = {arguments[name].shape[0] for name in inputs}
+    inputs = tuple(name for name, _ in feeds)
+    axes = tuple(axis for _, axis in feeds)
+    values = [arguments[name].movedim(axis, 0) for name, axis in feeds]
+    rows = {value.shape[0] for value in values}
     presubsampled = full_size != frame.size and rows == {frame.size}
     return DataPlate(
         indices=indices,
@@ -679,9 +727,10 @@ def _data_plate(
         full_size=full_size,
         subsample_size=frame.size if full_size != frame.size else None,
         inputs=inputs,
-        point_shapes=tuple(arguments[name].shape[1:] for name in inputs),
+        point_shapes=tuple(value.shape[1:] for value in values),
         presubsampled=presubsampled,
         sites=sites,
+        axes=axes if any(axes) else (),
     )
 
 
