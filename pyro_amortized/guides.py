@@ -297,8 +297,10 @@ class AutoAmortizedGuide(AutoGuide):
         ``{"z": "multivariate_normal"}``, or a head constructor of one's own
         (see :ref:`writing-a-head`).
     :param dependencies: which sites each local site's head reads besides the
-        data: ``"model"`` (default) reads the global sites and the earlier local
-        sites of its data plate that the model's posterior couples with it
+        data: ``"model"`` (default) reads the global sites and the local sites
+        of its data plate sampled before it (in an inverse of the model's
+        order: discrete sites first, children before parents) that the
+        model's posterior couples with it
         (:func:`pyro.infer.inspect.get_dependencies`), the pattern ``q(y | x)``
         then ``q(z | x, y)``; ``"mean_field"`` reads only the data; a mapping
         ``{site: [names]}`` names them (sites it leaves out read only the data).

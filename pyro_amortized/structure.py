@@ -61,7 +61,8 @@ class DataPlate:
     :param point_shapes: the per-data-point shape of each input.
     :param presubsampled: ``True`` when the inputs hold only the minibatch rows
         (a plate ``pyro.plate(name, N, subsample_size=len(x))`` over a batch ``x``).
-    :param sites: the local latent sites in this plate, in model order.
+    :param sites: the local latent sites in this plate, in the guide's order
+        (see :func:`inverse_order`).
     :param indices: the model argument holding the plate's minibatch indices
         when the model passes them (``pyro.plate(name, N, subsample=indices)``).
     :param axes: the axis of each input along which its data points lie: 0,
@@ -375,7 +376,7 @@ def read_model(
             frames[plate],
             candidates[plate],
             arguments,
-            tuple(names),
+            inverse_order(names, sites),
             explicit_indices(trace, plate),
         )
         for plate, names in members.items()
@@ -385,6 +386,19 @@ def read_model(
     # A plate with a size records its subsample site; one without records none.
     unsized = frozenset(name for name in frames if name not in trace.nodes)
     return ModelStructure(data_plates=data_plates, sites=sites, frames=frames, unsized=unsized)
+
+
+def inverse_order(names: Sequence[str], sites: Mapping[str, LatentSite]) -> tuple[str, ...]:
+    """The order in which the guide samples a data plate's local sites: an
+    inverse of the model's graph. The model samples parents before children;
+    the guide samples children before parents (the reverse of the model's
+    order), so that each head can read the sites below it, as in the exact
+    posterior of a chain, ``q(z2 | x) q(z1 | x, z2)``. Discrete sites come first,
+    so that continuous heads read them (``q(y | x)`` then ``q(z | x, y)``) and a
+    discrete site the guide enumerates sets the shape of the sites after it.
+    """
+    reverse = list(reversed(names))
+    return tuple(sorted(reverse, key=lambda name: sites[name].discrete is None))
 
 
 def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:

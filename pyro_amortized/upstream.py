@@ -5,7 +5,8 @@ sites sampled before it in the same data plate, the pattern ``q(y | x)`` then
 ``q(z | x, y)``. Which sites a head reads comes from the posterior dependency
 structure of the model (:func:`pyro.infer.inspect.get_dependencies`): two latent
 sites the posterior couples are linked, and the later site in the guide's order
-(globals first, then each data plate's sites in model order) reads the earlier.
+(globals first, then each data plate's sites in an inverse of the model's order, see
+:func:`~pyro_amortized.structure.inverse_order`) reads the earlier.
 """
 
 from __future__ import annotations

@@ -502,9 +502,11 @@ def test_custom_encoder_reads_each_input_in_its_own_shape():
     covariates, y = regression_data(12)
     guide(covariates, y)
     assert encoder.calls[-1] == ((12, 3), (12,))
-    # The encoder's 8 features and the 3 global coefficients the posterior couples.
-    assert guide.upstream_sites == {"effect": ("coef",), "scale": ("coef", "effect")}
-    assert guide.network.heads["effect"].loc.in_features == 8 + 3
+    # The encoder's 8 features and the 3 global coefficients the posterior
+    # couples; the guide samples scale first (the inverse of the model's order).
+    assert guide.upstream_sites == {"scale": ("coef",), "effect": ("coef", "scale")}
+    assert guide.network.heads["scale"].loc.in_features == 8 + 3
+    assert guide.network.heads["effect"].loc.in_features == 8 + 3 + 1
     assert guide.network.encoders["units"] is encoder
 
 

@@ -117,10 +117,12 @@ def test_large_globals_are_not_read_unless_named():
 
 
 def _scale_model(x):
+    """z, then a positive child of z: the guide samples the child first, and
+    z's head reads it."""
     with pyro.plate("data", x.shape[0]):
-        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
-        z = pyro.sample("z", dist.Normal(0.0, scale))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        scale = pyro.sample("scale", dist.LogNormal(z, 1.0))
+        pyro.sample("x", dist.Normal(0.0, scale), obs=x)
 
 
 def test_heads_read_the_unconstrained_sample_itself():
@@ -149,3 +151,19 @@ def test_heads_read_a_conditioned_upstream_value():
         values[scale] = poutine.trace(conditioned).get_trace(x).nodes["z"]["value"]
     # z's head read log(scale): its means differ by log(10) - log(0.1).
     assert torch.allclose(values[10.0] - values[0.1], torch.tensor(math.log(100.0)), atol=1e-4)
+
+
+def test_the_guide_samples_an_inverse_of_the_model_order():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(0.0, 1.0))
+            z2 = pyro.sample("z2", dist.Normal(z1, 1.0))
+            y = pyro.sample("y", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(z2 + y, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.randn(5))
+    # Discrete first, then children before parents: q(y | x) q(z2 | x, y) q(z1 | x, z2).
+    trace = poutine.trace(guide).get_trace(torch.randn(5))
+    assert [name for name in trace.stochastic_nodes if name != "data"] == ["y", "z2", "z1"]
+    assert guide.upstream_sites == {"z2": ("y",), "z1": ("z2",)}
