@@ -42,6 +42,7 @@ from .heads import (
     discrete_quantiles,
     unconstrained_quantiles,
 )
+from .observed import arguments_defaulting_to_none, observed_sources, sometimes_observed
 from .structure import (
     AmortizeOn,
     ArgumentLocation,
@@ -370,6 +371,8 @@ class AutoAmortizedGuide(AutoGuide):
         # on every call instead where they are tensors (see weights.py).
         self._weights: dict[tuple, dict[str, Weight]] = {}
         self._weights_vary = False
+        # Sites observed in some calls: the argument holding each one's values.
+        self._sources: dict[str, str] = {}
         self._upstream: dict[str, tuple[str, ...]] = {}
         self._ran_with_store = False  # whether the network has been in the param store
 
@@ -480,12 +483,20 @@ class AutoAmortizedGuide(AutoGuide):
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         trace, outer = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
         arguments = bind_arguments(self.model, args, kwargs)
-        structure = read_model(trace, outer, arguments, self.amortize_on)
+        optional = arguments_defaulting_to_none(self.model)
+        self._sources = sometimes_observed(trace, outer, arguments, optional)
+        structure = read_model(trace, outer, arguments, self.amortize_on, self._sources)
         warn_if_nothing_to_amortize(structure)
         self._check_encoder_plates(structure)
         _check_family_sites(self.site_families, structure)
         device = _data_device(structure, arguments)
-        coupled = coupled_sites(self.model, args, kwargs) if self.dependencies == "model" else {}
+        coupled = {}
+        if self.dependencies == "model":
+            # Read with the sometimes-observed sites latent, as they are coupled.
+            unobserved = args, kwargs
+            for argument in set(self._sources.values()):
+                unobserved = locate_argument(self.model, argument).replace(*unobserved, None)
+            coupled = coupled_sites(self.model, *unobserved)
         self._upstream = upstream_sites(structure, self.dependencies, coupled)
         self._transforms = {
             name: bijection_to(site.support)
@@ -511,7 +522,8 @@ class AutoAmortizedGuide(AutoGuide):
             setattr(self.global_params, _module_key(name), self._global_module(init, site))
         self._structure = structure
         self.to(device)  # the network and the global parameters live with the data
-        self._remember_call(call_key(args, kwargs), trace)
+        self._locations.update({name: locate_argument(self.model, name) for name in optional})
+        self._remember_call(call_key(args, kwargs), trace, outer, args, kwargs)
         self._weights_vary = vary(self._weights[call_key(args, kwargs)])
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
@@ -686,18 +698,44 @@ class AutoAmortizedGuide(AutoGuide):
             if self._model is None:  # a guide loaded from disk has no model
                 self._plate_sizes[key], self._weights[key] = {}, {}
             else:
-                self._remember_call(
-                    key, trace_prototype(self.model, self.init_loc_fn, args, kwargs)[0]
-                )
+                trace, outer = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
+                self._remember_call(key, trace, outer, args, kwargs)
         return self._plate_sizes[key]
 
-    def _remember_call(self, key: tuple, trace: Any) -> None:
-        """Keeps the plate sizes and the site weights of a call signature."""
+    def _remember_call(
+        self, key: tuple, trace: Any, outer: frozenset, args: tuple, kwargs: dict
+    ) -> None:
+        """Keeps the plate sizes and the site weights of a call signature, and
+        learns which argument holds a local site this call observes."""
         if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
             self._plate_sizes.clear()
             self._weights.clear()
         self._plate_sizes[key] = plate_sizes(trace, list(self._structure.frames))
         self._weights[key] = handler_weights(trace, self._structure.sites)
+        unknown = [name for name in self._structure.local_sites if name not in self._sources]
+        learned = observed_sources(self.model, trace, outer, args, kwargs, unknown)
+        for argument in learned.values():
+            self._locations.setdefault(argument, locate_argument(self.model, argument))
+        self._sources.update(learned)
+
+    def _given(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        """The local sites this call observes, with the arguments' values."""
+        given = {}
+        for name, argument in self._sources.items():
+            location = self._locations.get(argument) or locate_argument(self.model, argument)
+            value = location.fetch(args, kwargs)
+            if value is not None:
+                given[name] = value
+        return given
+
+    def _given_value(
+        self, site: LatentSite, value: torch.Tensor, indices: torch.Tensor | None
+    ) -> torch.Tensor:
+        """An observed local site's value as the heads downstream read it: the
+        minibatch rows, unconstrained."""
+        if indices is not None and value.shape[0] != indices.shape[0]:
+            value = value.index_select(0, indices.to(value.device))
+        return value if site.discrete is not None else self._transforms[site.name].inv(value)
 
     def _call_weights(
         self, args: tuple, kwargs: dict, plates: dict[str, pyro.plate]
@@ -810,11 +848,15 @@ class AutoAmortizedGuide(AutoGuide):
         self._reclaim_global_params()
         result, read = self._sample_globals(plates, weights)
         heads = self._registered_network().heads
+        given = self._given(args, kwargs)
         for plate in self._structure.data_plates.values():
             with plates[plate.name] as indices:
                 features = features_of(plate, args, kwargs, indices, plates[plate.name].size)
                 for name in plate.sites:
                     site = self._structure.sites[name]
+                    if name in given:  # observed in this call: read, not sampled
+                        read[name] = self._given_value(site, given[name], indices)
+                        continue
                     head = heads[_module_key(name)]
                     with self._inner_plates(site, plates), weighted(weights.get(name)):
                         inputs = self._head_input(features, plate, name, read)
@@ -924,12 +966,15 @@ class AutoAmortizedGuide(AutoGuide):
                 name: self._unconstrained_median(name, distribution)
                 for name, distribution in self._global_unconstrained(read).items()
             }
+            given = self._given(args, kwargs)
             for plate in structure.data_plates.values():
                 features = features_of(plate, args, kwargs, None, None)
                 for name in plate.sites:
                     head = self._network.heads[_module_key(name)]
                     result[name] = head(self._head_input(features, plate, name, values))
-                    if name in read:
+                    if name in given:
+                        values[name] = self._given_value(structure.sites[name], given[name], None)
+                    elif name in read:
                         values[name] = self._unconstrained_median(name, result[name])
         return result
 

@@ -351,6 +351,7 @@ def read_model(
     outer: frozenset[str],
     arguments: dict[str, Any],
     amortize_on: AmortizeOn,
+    sometimes_observed: Mapping[str, str] | None = None,
 ) -> ModelStructure:
     """Builds the :class:`ModelStructure` from a prototype trace.
 
@@ -358,10 +359,19 @@ def read_model(
     :param outer: plates that enclosed the call, to be ignored.
     :param arguments: the model's arguments by name (:func:`bind_arguments`).
     :param amortize_on: the user's override of the encoder inputs.
+    :param sometimes_observed: observed sites that other calls leave latent,
+        each with the argument holding its values (see
+        :mod:`pyro_amortized.observed`): they are read as latent sites, and
+        their arguments feed no encoder.
     :raises ValueError: with the fix, for closure data, unknown names, sequential
         plates around local latents, non-enumerated discrete latents.
     """
     latent, observed, frames = _collect_sites(trace, outer)
+    sometimes_observed = sometimes_observed or {}
+    for name in sometimes_observed:
+        latent[name] = observed.pop(name)
+    missing = set(sometimes_observed.values())
+    arguments = {name: value for name, value in arguments.items() if name not in missing}
     candidates = _data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}

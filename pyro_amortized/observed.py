@@ -1,0 +1,117 @@
+"""Sites observed in some calls and latent in others.
+
+The semi-supervised pattern: ``y = pyro.sample("y", dist.Categorical(...), obs=ys)``
+with ``ys`` a tensor in labelled batches and ``None`` in unlabelled ones (Pyro's
+semi-supervised VAE, scANVI-like models; ``def model(xs, ys=None)``). One guide
+trains on both kinds of batch: where ``y`` is latent its head proposes it; where
+it is given, the guide does not sample it, and the heads downstream read the
+observed value.
+
+A site is *sometimes observed* when it is observed with the rows of a model
+argument whose default is ``None`` (read on the first call), or when a call
+observes a site that the first call left latent (read on that call). Either way
+the guide remembers which argument holds the site's values: in a call where
+that argument is ``None`` the site is latent. The argument never feeds an
+encoder, since it is missing from some calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from pyro import poutine
+
+from .structure import bind_arguments, model_value
+
+
+def arguments_defaulting_to_none(model: Callable) -> frozenset[str]:
+    """The names of a model's arguments whose default is ``None``."""
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    return frozenset(p.name for p in parameters if p.default is None)
+
+
+def source_argument(
+    site: dict, trace: poutine.Trace, arguments: Mapping[str, Any], outer: frozenset[str]
+) -> str | None:
+    """The model argument whose rows an observed site's value is: the argument
+    itself, or its rows at the minibatch indices of the site's plates."""
+    value = model_value(site, outer)
+    for name, argument in arguments.items():
+        if argument is value:
+            return name
+    for name, argument in arguments.items():
+        if isinstance(argument, torch.Tensor) and _rows_match(argument, value, site, trace):
+            return name
+    return None
+
+
+def _rows_match(argument: torch.Tensor, value: torch.Tensor, site: dict, trace: Any) -> bool:
+    if argument.shape == value.shape:
+        return bool(torch.equal(argument, value))
+    for frame in site["cond_indep_stack"]:
+        subsample = trace.nodes.get(frame.name)
+        indices = None if subsample is None else subsample["value"]
+        if not isinstance(indices, torch.Tensor) or indices.is_floating_point():
+            continue
+        if argument.shape[:1] == (frame.full_size,) and argument.shape[1:] == value.shape[1:]:
+            rows = argument.index_select(0, indices.to(argument.device))
+            if rows.shape == value.shape and torch.equal(rows, value):
+                return True
+    return False
+
+
+def sometimes_observed(
+    trace: poutine.Trace,
+    outer: frozenset[str],
+    arguments: Mapping[str, Any],
+    optional: Iterable[str],
+) -> dict[str, str]:
+    """The observed sites of a first call whose values are rows of an argument
+    defaulting to ``None``, each with that argument's name."""
+    optional = set(optional)
+    found = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        source = source_argument(site, trace, arguments, outer)
+        if source in optional:
+            found[name] = source
+    return found
+
+
+def observed_sources(
+    model: Callable,
+    trace: poutine.Trace,
+    outer: frozenset[str],
+    args: tuple,
+    kwargs: dict,
+    local_sites: Iterable[str],
+) -> dict[str, str]:
+    """The local sites a call observes, each with the argument holding its values.
+
+    :raises ValueError: if a call observes a local site with values that are not
+        rows of one of its arguments (the guide could not read them).
+    """
+    arguments = bind_arguments(model, args, kwargs)
+    sources = {}
+    for name in local_sites:
+        site = trace.nodes.get(name)
+        if site is None or not site["is_observed"]:
+            continue
+        source = source_argument(site, trace, arguments, outer)
+        if source is None:
+            raise ValueError(
+                f"Local site '{name}' is observed in this call but latent in the first "
+                "call, and its observed values are not the rows of a model argument, so "
+                "the heads that read it cannot be given them. Pass the values as an "
+                "argument of the model (for example ys=None for unlabelled batches)."
+            )
+        sources[name] = source
+    return sources

@@ -1,0 +1,74 @@
+"""Sites observed in some calls and latent in others: the semi-supervised
+pattern ``obs=ys`` with ``ys=None`` for unlabelled batches."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from helpers import SEED
+from pyro import poutine
+from pyro.infer import SVI, TraceEnum_ELBO
+
+from pyro_amortized import AutoAmortizedGuide
+
+SHIFT, NOISE = 2.0, 0.5
+
+
+def semi_supervised(xs, ys=None):
+    """z ~ N(0, 1), a coin y (observed where labelled), x ~ N(z + 2 y, 0.5):
+    given x and y, z ~ N(0.8 (x - 2 y), 0.2)."""
+    with pyro.plate("data", xs.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        y = pyro.sample("y", dist.Bernoulli(0.5), obs=ys)
+        pyro.sample("x", dist.Normal(z + SHIFT * y, NOISE), obs=xs)
+
+
+def simulate(num_rows, seed):
+    generator = torch.Generator().manual_seed(seed)
+    y = (torch.rand(num_rows, generator=generator) < 0.5).float()
+    z = torch.randn(num_rows, generator=generator)
+    return z + SHIFT * y + NOISE * torch.randn(num_rows, generator=generator), y
+
+
+def exact_probability_of_one(x):
+    spread = (1 + NOISE**2) ** 0.5
+    one, zero = (dist.Normal(SHIFT * y, spread).log_prob(x) for y in (1.0, 0.0))
+    return torch.sigmoid(one - zero)
+
+
+@pytest.mark.parametrize("first", ["labelled", "unlabelled"])
+def test_the_first_call_of_either_kind_reads_the_site_as_sometimes_observed(first):
+    xs, ys = simulate(10, seed=0)
+    guide = AutoAmortizedGuide(semi_supervised, enumerate_discrete="parallel")
+    guide(xs, ys) if first == "labelled" else guide(xs)
+    assert set(guide.local_sites) == {"y", "z"}
+    assert guide.data_plates == {"data": ("xs",)}  # ys is missing from some calls
+    assert guide.upstream_sites == {"z": ("y",)}  # q(y | x) q(z | x, y)
+    labelled = poutine.trace(guide).get_trace(xs, ys)
+    assert "y" not in labelled.nodes  # observed: the guide does not sample it
+    unlabelled = poutine.trace(guide).get_trace(xs)
+    assert unlabelled.nodes["y"]["infer"]["enumerate"] == "parallel"
+
+
+def test_one_guide_trains_on_labelled_and_unlabelled_batches():
+    xs, ys = simulate(2000, seed=SEED)
+    guide = AutoAmortizedGuide(semi_supervised, hidden_dims=(32,), enumerate_discrete="parallel")
+    optim = pyro.optim.ClippedAdam({"lr": 0.01, "lrd": 0.999})
+    svi = SVI(semi_supervised, guide, optim, TraceEnum_ELBO(max_plate_nesting=1))
+    generator = torch.Generator().manual_seed(SEED)
+    for step in range(2000):
+        rows = torch.randint(2000, (100,), generator=generator)
+        svi.step(xs[rows], ys[rows]) if step % 2 else svi.step(xs[rows])
+    x = torch.linspace(-1.0, 3.0, 21)
+    # q(y | x) against the exact posterior of the coin.
+    q_y = guide.encode(x)["y"]
+    y_error = (q_y.probs - exact_probability_of_one(x)).abs().max()
+    # q(z | x, y) read the given labels: its loc against 0.8 (x - 2 y).
+    z_error = 0.0
+    for label in (0.0, 1.0):
+        q_z = guide.encode(x, torch.full_like(x, label))["z"]
+        exact = (x - SHIFT * label) / NOISE**2 / (1 + 1 / NOISE**2)
+        z_error = max(z_error, (q_z.loc - exact).abs().max().item())
+    print(f"largest error: q(y | x) {y_error:.3f}, loc of q(z | x, y) {z_error:.3f}")
+    assert y_error < 0.1
+    assert z_error < 0.15
