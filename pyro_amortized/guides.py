@@ -371,8 +371,10 @@ class AutoAmortizedGuide(AutoGuide):
         # on every call instead where they are tensors (see weights.py).
         self._weights: dict[tuple, dict[str, Weight]] = {}
         self._weights_vary = False
-        # Sites observed in some calls: the argument holding each one's values.
+        # Sites observed in some calls: the argument holding each one's values,
+        # and those the guide has trained (sampled with gradients) latent.
         self._sources: dict[str, str] = {}
+        self._trained_latent: set[str] = set()
         self._upstream: dict[str, tuple[str, ...]] = {}
         self._ran_with_store = False  # whether the network has been in the param store
 
@@ -728,6 +730,28 @@ class AutoAmortizedGuide(AutoGuide):
                 given[name] = value
         return given
 
+    def _check_trained_latent(self, name: str, training: bool) -> None:
+        """Notes a sometimes-observed site sampled latent with gradients; warns
+        once where one is proposed latent without ever having been trained so."""
+        if training:
+            self._trained_latent.add(name)
+            return
+        if name in self._trained_latent:
+            return
+        self._trained_latent.add(name)  # warn once
+        argument = self._sources[name]
+        warnings.warn(
+            f"Site '{name}' is latent in this call ({argument}=None), but the guide has "
+            f"only trained on calls that observe it: its head q({name} | ...) is "
+            "untrained, and so are the heads that read it. For a posterior predictive of "
+            f"'{name}', give the guide the observed values and leave them out of the "
+            f"model's call: Predictive(model, guide=functools.partial(guide, "
+            f"{argument}=...))(...) with no {argument}. To infer '{name}' where it is "
+            f"missing, also train on calls with {argument}=None.",
+            UserWarning,
+            stacklevel=4,
+        )
+
     def _given_value(
         self, site: LatentSite, value: torch.Tensor, indices: torch.Tensor | None
     ) -> torch.Tensor:
@@ -857,6 +881,8 @@ class AutoAmortizedGuide(AutoGuide):
                     if name in given:  # observed in this call: read, not sampled
                         read[name] = self._given_value(site, given[name], indices)
                         continue
+                    if name in self._sources:
+                        self._check_trained_latent(name, training=torch.is_grad_enabled())
                     head = heads[_module_key(name)]
                     with self._inner_plates(site, plates), weighted(weights.get(name)):
                         inputs = self._head_input(features, plate, name, read)
@@ -974,7 +1000,10 @@ class AutoAmortizedGuide(AutoGuide):
                     result[name] = head(self._head_input(features, plate, name, values))
                     if name in given:
                         values[name] = self._given_value(structure.sites[name], given[name], None)
-                    elif name in read:
+                        continue
+                    if name in self._sources:
+                        self._check_trained_latent(name, training=False)
+                    if name in read:
                         values[name] = self._unconstrained_median(name, result[name])
         return result
 

@@ -368,8 +368,8 @@ def read_model(
     """
     latent, observed, frames = _collect_sites(trace, outer)
     sometimes_observed = sometimes_observed or {}
-    for name in sometimes_observed:
-        latent[name] = observed.pop(name)
+    for name in sometimes_observed:  # latent for the guide, data for the plates
+        latent[name] = observed[name]
     missing = set(sometimes_observed.values())
     arguments = {name: value for name, value in arguments.items() if name not in missing}
     candidates = _data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)

@@ -1,6 +1,7 @@
 """Reading the model: arguments, data plates, local and global sites, and the
 clear error each bad input gets."""
 
+import functools
 import math
 import warnings
 
@@ -45,7 +46,7 @@ def test_data_plate_rows_and_nested_plates():
 
     structure = _structure(model, torch.ones(6, 4))
     assert list(structure.data_plates) == ["docs"]  # "words" is not the rows' dimension
-    assert structure.data_plates["docs"].sites == ("theta", "rate")
+    assert structure.data_plates["docs"].sites == ("rate", "theta")  # the guide's order
     assert structure.sites["rate"].point_batch_shape == (4,)
     assert structure.sites["theta"].point_batch_shape == (1,)
     assert structure.sites["theta"].unconstrained_event_shape == (2,)
@@ -193,10 +194,36 @@ def test_missing_encoder_input():
             z = pyro.sample("z", dist.Normal(0.0, 1.0))
             pyro.sample("y", dist.Normal(z + x, 1.0), obs=y)
 
-    guide = AutoAmortizedGuide(model)
+    def required(x, y):
+        return model(x, y)
+
+    guide = AutoAmortizedGuide(required)
     guide(torch.zeros(5), torch.zeros(5))
+    assert guide.data_plates == {"data": ("x", "y")}
     with pytest.raises(ValueError, match="reads argument 'y', which is NoneType"):
-        guide.encode(torch.zeros(5))
+        guide.encode(torch.zeros(5), None)
+
+
+def test_an_observed_response_defaulting_to_none():
+    # The predictive idiom def model(x, y=None): y is observed in training and
+    # latent where y is None. The guide reads y through z's head, not its encoder.
+    def model(x, y=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(z + x, 1.0), obs=y)
+
+    x, y = torch.randn(20), torch.randn(20)
+    guide = AutoAmortizedGuide(model)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
+    svi.step(x, y)
+    assert guide.data_plates == {"data": ("x",)} and guide.upstream_sites == {"z": ("y",)}
+    with pytest.warns(UserWarning, match="only trained on calls that observe it"):
+        predictive = pyro.infer.Predictive(model, guide=guide, num_samples=3)(x)
+    assert predictive["y"].shape == (3, 20)
+    # The fix it names: the guide sees y, the model predicts it.
+    given = functools.partial(guide, y=y)
+    predictive = pyro.infer.Predictive(model, guide=given, num_samples=3)(x)
+    assert predictive["z"].shape == predictive["y"].shape == (3, 20)
 
 
 @pytest.mark.parametrize("where", ["local count", "global"])
