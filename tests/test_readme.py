@@ -1,16 +1,36 @@
-"""The README's example runs as written."""
+"""The README's example and the quickstart's run as pasted into a fresh session."""
 
+import contextlib
+import io
 import pathlib
 import re
 
-import torch
+import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_readme_example_runs():
-    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    namespace = {"x": torch.randn(500, 5), "x_new": torch.randn(7, 5)}
-    exec(code, namespace)
-    q = namespace["q"]["z"]
-    assert q.batch_shape == (7,) and q.event_shape == (2,)
+def _run(code):
+    output = io.StringIO()
+    namespace = {}
+    with contextlib.redirect_stdout(output):
+        exec(code, namespace)
+    return namespace, output.getvalue()
+
+
+@pytest.mark.parametrize(
+    "source, pattern",
+    [
+        ("README.md", r"```python\n(.*?)```"),
+        ("docs/quickstart.rst", r".. code-block:: python\n\n(.*?)\n\n(?=\S)"),
+    ],
+)
+def test_the_example_runs_as_pasted_and_prints_what_it_says(source, pattern):
+    (code,) = re.findall(pattern, (ROOT / source).read_text(), flags=re.DOTALL)
+    namespace, printed = _run(code.replace("\n   ", "\n").strip())
+    lines = printed.splitlines()
+    assert lines[0] == "{'data': ('x',)} ('z',) ('w',)"
+    elbo = float(re.fullmatch(r"ELBO per row: (-?[0-9.]+)", lines[1]).group(1))
+    assert -45 < elbo < -25  # about -35
+    assert lines[2] == "torch.Size([69]) torch.Size([2])"
+    assert namespace["q"]["z"].batch_shape == (69,)
