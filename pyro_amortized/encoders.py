@@ -123,10 +123,17 @@ def plate_inputs(
 
 def _check_input(plate: DataPlate, name: str, point_shape: torch.Size, value: object) -> None:
     if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        predictive = (
+            " For a posterior predictive of the data it holds, give the guide the "
+            f"observed values and the model none: Predictive(model, "
+            f"guide=functools.partial(guide, {name}=...))(...) with no {name}."
+            if value is None
+            else ""
+        )
         raise ValueError(
             f"The encoder of plate '{plate.name}' reads argument '{name}', which is "
             f"{type(value).__name__} in this call. Pass a tensor with one row per data "
-            "point, or choose other inputs with amortize_on=."
+            f"point, or choose other inputs with amortize_on=.{predictive}"
         )
     if value.shape[1:] != point_shape:
         raise ValueError(

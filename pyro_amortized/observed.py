@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from pyro import poutine
 
-from .structure import bind_arguments, model_value
+from .structure import bind_arguments, holds_data, model_value
 
 
 def arguments_defaulting_to_none(model: Callable) -> frozenset[str]:
@@ -74,16 +74,30 @@ def sometimes_observed(
     optional: Iterable[str],
 ) -> dict[str, str]:
     """The observed sites of a first call whose values are rows of an argument
-    defaulting to ``None``, each with that argument's name."""
+    defaulting to ``None``, each with that argument's name, where the site's
+    data plate holds other data that every call passes (the images beside the
+    labels). A site that is its plate's only data is not one: without it the
+    model runs on no data at all (it generates), as Pyro's LDA with
+    ``data=None``."""
     optional = set(optional)
+    sources = {
+        name: source_argument(site, trace, arguments, outer)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and holds_data(site)
+    }
+    always = [name for name, source in sources.items() if source not in optional]
     found = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or not site["is_observed"]:
+    for name, source in sources.items():
+        if source not in optional:
             continue
-        source = source_argument(site, trace, arguments, outer)
-        if source in optional:
+        frames = _vectorized(trace.nodes[name], outer)
+        if frames and any(frames[0] in _vectorized(trace.nodes[o], outer) for o in always):
             found[name] = source
     return found
+
+
+def _vectorized(site: dict, outer: frozenset[str]) -> tuple:
+    return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name not in outer)
 
 
 def observed_sources(

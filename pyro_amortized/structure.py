@@ -370,8 +370,9 @@ def read_model(
     sometimes_observed = sometimes_observed or {}
     for name in sometimes_observed:  # latent for the guide, data for the plates
         latent[name] = observed[name]
-    missing = set(sometimes_observed.values())
-    arguments = {name: value for name, value in arguments.items() if name not in missing}
+    if amortize_on is None:  # missing from some calls: no encoder reads them
+        missing = set(sometimes_observed.values())
+        arguments = {name: value for name, value in arguments.items() if name not in missing}
     candidates = _data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}
@@ -442,14 +443,14 @@ def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, d
         for frame in _model_frames(site, outer):
             frames.setdefault(frame.name, frame)
         if site["is_observed"]:
-            if _holds_data(site):
+            if holds_data(site):
                 observed[name] = site
         elif not _is_enumerated(site):
             latent[name] = site
     return latent, observed, frames
 
 
-def _holds_data(site: dict) -> bool:
+def holds_data(site: dict) -> bool:
     """Whether an observed site holds data. ``pyro.factor`` and
     ``pyro.deterministic`` record observed sites that hold none, and so do the
     point masses that ``poutine.reparam`` leaves at a reparametrized site (its

@@ -205,8 +205,8 @@ def test_missing_encoder_input():
 
 
 def test_an_observed_response_defaulting_to_none():
-    # The predictive idiom def model(x, y=None): y is observed in training and
-    # latent where y is None. The guide reads y through z's head, not its encoder.
+    # The predictive idiom def model(x, y=None): y is the plate's only data, so
+    # it is data (not a label observed in some calls) and feeds the encoder.
     def model(x, y=None):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0))
@@ -216,14 +216,31 @@ def test_an_observed_response_defaulting_to_none():
     guide = AutoAmortizedGuide(model)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
     svi.step(x, y)
-    assert guide.data_plates == {"data": ("x",)} and guide.upstream_sites == {"z": ("y",)}
-    with pytest.warns(UserWarning, match="only trained on calls that observe it"):
-        predictive = pyro.infer.Predictive(model, guide=guide, num_samples=3)(x)
-    assert predictive["y"].shape == (3, 20)
+    assert guide.data_plates == {"data": ("x", "y")} and guide.local_sites == ("z",)
+    with pytest.raises(ValueError, match="reads argument 'y', which is NoneType") as error:
+        pyro.infer.Predictive(model, guide=guide, num_samples=3)(x)
+    assert "functools.partial(guide, y=...)" in str(error.value)
     # The fix it names: the guide sees y, the model predicts it.
     given = functools.partial(guide, y=y)
     predictive = pyro.infer.Predictive(model, guide=given, num_samples=3)(x)
     assert predictive["z"].shape == predictive["y"].shape == (3, 20)
+
+
+def test_a_generative_model_with_its_data_defaulting_to_none():
+    # Pyro's LDA: model(data=None, ...) generates a corpus when data is None.
+    # data is the plate's only data: it feeds the encoder, by name too.
+    def model(data=None, num_docs=8):
+        with pyro.plate("documents", num_docs, dim=-1):
+            rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+            with pyro.plate("words", 5, dim=-2):
+                pyro.sample("counts", dist.Poisson(rate), obs=data)
+
+    counts = torch.poisson(torch.full((5, 8), 3.0))
+    for amortize_on in (None, "data"):
+        pyro.clear_param_store()
+        guide = AutoAmortizedGuide(model, amortize_on=amortize_on)
+        guide(counts)
+        assert guide.data_plates == {"documents": ("data",)} and guide.local_sites == ("rate",)
 
 
 @pytest.mark.parametrize("where", ["local count", "global"])

@@ -4,8 +4,10 @@ the result of a run."""
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 GUIDE_KINDS = ("hand", "amortized")
@@ -16,6 +18,15 @@ def check_guide_kind(guide_kind: str) -> None:
     """:raises ValueError: unless ``guide_kind`` is one of :data:`GUIDE_KINDS`."""
     if guide_kind not in GUIDE_KINDS:
         raise ValueError(f"guide_kind must be one of {GUIDE_KINDS}, but got {guide_kind!r}.")
+
+
+def load_reuters_counts() -> np.ndarray:
+    """The ``lda`` package's Reuters word counts, ``(395, 4258)`` documents by words."""
+    import lda.datasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the package leaves its file open
+        return lda.datasets.load_reuters()
 
 
 def minibatch_indices(

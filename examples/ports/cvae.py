@@ -24,7 +24,7 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO
 from torch import nn
 
 from pyro_amortized import AutoAmortizedGuide
@@ -200,6 +200,16 @@ def train_baseline(
         loss.backward()
         optimizer.step()
     return baseline_net.eval()
+
+
+def predict(cvae: CVAE, guide: object, inputs: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The program's predictions (``visualize``): ``Predictive`` with the guide
+    and no target, so that the hand-written guide reads the prior network.
+
+    :returns: ``(num_samples, n, side, side)`` pixel probabilities.
+    """
+    samples = Predictive(cvae.model, guide=guide, num_samples=num_samples)(inputs)
+    return samples["y"].view(num_samples, len(inputs), *inputs.shape[1:])
 
 
 def held_out_elbo_per_image(

@@ -39,7 +39,7 @@ from torch.distributions import constraints
 
 from pyro_amortized import AutoAmortizedGuide
 
-from ._shared import check_guide_kind, result, timed_steps
+from ._shared import check_guide_kind, load_reuters_counts, result, timed_steps
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_HIDDEN = 100
@@ -139,11 +139,9 @@ def make_data(
     :param num_words_per_doc: tokens per document.
     :param test_fraction: fraction of the documents held out.
     """
-    import lda.datasets
-
     num_words = num_words or default_sizes(small)[0]
     num_words_per_doc = num_words_per_doc or default_sizes(small)[1]
-    counts = lda.datasets.load_reuters()
+    counts = load_reuters_counts()
     vocabulary = np.argsort(-counts.sum(0), kind="stable")[:num_words]
     counts = counts[:, vocabulary]
     counts = counts[counts.sum(1) >= num_words_per_doc]
@@ -160,7 +158,9 @@ def make_data(
     return data[:, num_test:], data[:, :num_test]
 
 
-def make_args(data: torch.Tensor, num_words: int, hidden: int, **options: object) -> argparse.Namespace:
+def make_args(
+    data: torch.Tensor, num_words: int, hidden: int, **options: object
+) -> argparse.Namespace:
     """The program's arguments for a data set (its defaults otherwise)."""
     defaults = {"num_topics": 8, "learning_rate": 0.01, "jit": False}
     return argparse.Namespace(

@@ -164,6 +164,11 @@ class SSVAE(nn.Module):
         """The auxiliary loss has no latent site."""
 
 
+def one_hot(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Class labels as one-hot rows of :data:`NUM_CLASSES` columns."""
+    return nn.functional.one_hot(labels, NUM_CLASSES).to(dtype)
+
+
 def make_data(
     *, small: bool = False, seed: int = 0, sup_num: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -178,13 +183,13 @@ def make_data(
     if small:
         x_train, y_train, x_test, y_test = x_train[:200], y_train[:200], x_test[:100], y_test[:100]
     sup_num = sup_num or (40 if small else 300)
-    one_hot = lambda labels: nn.functional.one_hot(labels, NUM_CLASSES).to(x_train.dtype)  # noqa: E731
+    y_train, y_test = (one_hot(labels, x_train.dtype) for labels in (y_train, y_test))
     return {
         "x_sup": x_train[:sup_num],
-        "y_sup": one_hot(y_train[:sup_num]),
+        "y_sup": y_train[:sup_num],
         "x_unsup": x_train[sup_num:],
         "x_test": x_test,
-        "y_test": one_hot(y_test),
+        "y_test": y_test,
     }
 
 

@@ -1,0 +1,98 @@
+"""The published Pyro programs of examples/ports: each trains with its own guide,
+and AutoAmortizedGuide(model) trains on it with no guide code.
+
+Every test runs the program's tiny data set for a few steps.
+"""
+
+import math
+import pathlib
+import sys
+
+import pyro
+import pytest
+from pyro.infer import Trace_ELBO
+
+from pyro_amortized import AutoAmortizedGuide
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the examples package
+
+from examples.ports import PROGRAMS, cvae, gmm, hmm, lda, prodlda, ss_vae, vae  # noqa: E402
+
+STEPS = 3
+
+RUNS = {
+    "vae": vae.run,
+    "ss_vae": ss_vae.run,
+    "cvae": cvae.run,
+    "lda": lda.run,
+    "hmm": hmm.run,
+    "gmm": gmm.run,
+    "gmm_sampled": gmm.run_sampled,
+    "prodlda": prodlda.run,
+}
+
+NOTHING_TO_AMORTIZE = {"gmm", "hmm"}
+"""Programs whose model enumerates its only local sites: the amortized guide has
+global sites only, as AutoNormal, and says so."""
+
+
+def short_run(program, guide_kind):
+    options = {"steps": STEPS, "small": True}
+    if program in ("gmm", "gmm_sampled"):
+        options["tries"] = 3
+    return RUNS[program](guide_kind, **options)
+
+
+def assert_trained(outcome):
+    assert outcome["steps"] == STEPS
+    assert math.isfinite(outcome["final_loss"])
+    assert math.isfinite(outcome["metric"])
+    assert outcome["step_seconds"] > 0
+
+
+def test_every_program_is_tested():
+    assert set(RUNS) == set(PROGRAMS)
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_hand_written_guide_trains(program):
+    assert_trained(short_run(program, "hand"))
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_amortized_guide_trains(program):
+    if program in NOTHING_TO_AMORTIZE:
+        with pytest.warns(UserWarning, match="nothing to amortize"):
+            outcome = short_run(program, "amortized")
+    else:
+        outcome = short_run(program, "amortized")
+    assert_trained(outcome)
+
+
+def test_cvae_prediction_without_targets():
+    data = cvae.make_data(small=True)
+    inputs, outputs = data["train_input"][:16], data["train_output"][:16]
+    network = cvae.CVAE(z_dim=4, hidden=16, baseline_net=cvae.BaselineNet(16))
+    assert cvae.predict(network, network.guide, inputs, num_samples=2).shape == (2, 16, 8, 8)
+    guide = AutoAmortizedGuide(network.model, hidden_dims=(16, 16))
+    svi = pyro.infer.SVI(network.model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(inputs, outputs))
+    # KNOWN GAP: the program predicts with Predictive(model, guide) and ys=None,
+    # where its guide falls back to the prior network. The amortized guide's
+    # encoder reads ys, so it refuses the call, and the message names the
+    # posterior-predictive idiom (Predictive(model) without a guide samples the
+    # same prior as the program's fallback).
+    with pytest.raises(ValueError, match="reads argument 'ys', which is NoneType") as error:
+        cvae.predict(network, guide, inputs, num_samples=2)
+    assert "functools.partial(guide, ys=...)" in str(error.value)
+
+
+def test_unknown_guide_kind_is_an_error():
+    with pytest.raises(ValueError, match="guide_kind"):
+        vae.run("autonormal", steps=1, small=True)
+
+
+def test_ss_vae_auxiliary_loss_needs_the_hand_written_guide():
+    assert_trained(ss_vae.run("hand", steps=STEPS, small=True, aux_loss=True))
+    with pytest.raises(ValueError, match="auxiliary loss"):
+        ss_vae.run("amortized", steps=STEPS, small=True, aux_loss=True)
