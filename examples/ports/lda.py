@@ -186,7 +186,8 @@ def run(
     """Trains LDA with one guide and measures the held-out ELBO per document.
 
     :param guide_kind: ``"hand"`` (``parametrized_guide``) or ``"amortized"``
-        (``AutoAmortizedGuide(model, hidden_dims=(hidden, hidden))``).
+        (``AutoAmortizedGuide(model, hidden_dims=(hidden, hidden),
+        standardize_inputs=True)``).
     :param steps: SVI steps.
     :param batch_size: documents per step (the hand-written guide subsamples
         them; the model itself does not subsample).
@@ -208,7 +209,9 @@ def run(
     if guide_kind == "hand":
         guide = functools.partial(parametrized_guide, make_predictor(args))
     else:
-        guide = AutoAmortizedGuide(model, hidden_dims=(hidden, hidden))
+        # The encoder reads the word ids (up to the vocabulary's size): the guide
+        # warns that such inputs should be standardized, as here.
+        guide = AutoAmortizedGuide(model, hidden_dims=(hidden, hidden), standardize_inputs=True)
     elbo = TraceEnum_ELBO(max_plate_nesting=2)
     svi = SVI(model, guide, ClippedAdam({"lr": learning_rate}), elbo)
     losses, step_seconds = timed_steps(
