@@ -114,8 +114,8 @@ def test_spline_flow_fits_a_bimodal_posterior():
     flow_kl, normal_kl = kl_to_exact(flow, held_out), kl_to_exact(normal, held_out)
     bimodal = held_out > 1.0  # modes at least 2 apart, each 0.05 wide or less
     # A Normal covers one mode at best: log 2 or worse on the bimodal points
-    # (0.77 measured). The flow, on the bimodal points, at seeds 0-2: 0.098,
-    # 0.082, 0.154 (overall 0.043, 0.038, 0.060); 0.284 on another CPU, where
+    # (0.77 measured). The flow, on the bimodal points, at seeds 0-2: 0.094,
+    # 0.066, 0.138 (overall 0.042, 0.032, 0.054); 0.284 on another CPU, where
     # the ELBO phase let it drift partly off a mode. The bound, half of log 2,
     # still tells two modes covered from one.
     print(f"KL flow {flow_kl.mean():.4f} ({flow_kl[bimodal].mean():.4f} bimodal)")
