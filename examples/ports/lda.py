@@ -121,6 +121,16 @@ def parametrized_guide(
         pyro.sample("doc_topics", dist.Delta(doc_topics, event_dim=1))
 
 
+def documents_plate(
+    data: torch.Tensor | None = None,
+    args: argparse.Namespace | None = None,
+    batch_size: int | None = None,
+) -> pyro.plate:
+    """The plate of documents the program's guide subsamples, for an autoguide's
+    ``create_plates``."""
+    return pyro.plate("documents", args.num_docs, batch_size)
+
+
 def make_data(
     *,
     small: bool = False,
@@ -187,7 +197,7 @@ def run(
 
     :param guide_kind: ``"hand"`` (``parametrized_guide``) or ``"amortized"``
         (``AutoAmortizedGuide(model, hidden_dims=(hidden, hidden),
-        standardize_inputs=True)``).
+        standardize_inputs=True, create_plates=documents_plate)``).
     :param steps: SVI steps.
     :param batch_size: documents per step (the hand-written guide subsamples
         them; the model itself does not subsample).
@@ -210,8 +220,15 @@ def run(
         guide = functools.partial(parametrized_guide, make_predictor(args))
     else:
         # The encoder reads the word ids (up to the vocabulary's size): the guide
-        # warns that such inputs should be standardized, as here.
-        guide = AutoAmortizedGuide(model, hidden_dims=(hidden, hidden), standardize_inputs=True)
+        # warns that such inputs should be standardized, as here. The program's
+        # guide, not its model, subsamples the documents: create_plates (Pyro's
+        # AutoGuide option) gives the amortized guide the same plate.
+        guide = AutoAmortizedGuide(
+            model,
+            hidden_dims=(hidden, hidden),
+            standardize_inputs=True,
+            create_plates=documents_plate,
+        )
     elbo = TraceEnum_ELBO(max_plate_nesting=2)
     svi = SVI(model, guide, ClippedAdam({"lr": learning_rate}), elbo)
     losses, step_seconds = timed_steps(
