@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from pyro import poutine
 
-from .structure import bind_arguments, holds_data, model_value
+from .structure import bind_arguments, holds_data, model_frames, model_value
 
 
 def arguments_defaulting_to_none(model: Callable) -> frozenset[str]:
@@ -90,14 +90,10 @@ def sometimes_observed(
     for name, source in sources.items():
         if source not in optional:
             continue
-        frames = _vectorized(trace.nodes[name], outer)
-        if frames and any(frames[0] in _vectorized(trace.nodes[o], outer) for o in always):
+        frames = model_frames(trace.nodes[name], outer)
+        if frames and any(frames[0] in model_frames(trace.nodes[o], outer) for o in always):
             found[name] = source
     return found
-
-
-def _vectorized(site: dict, outer: frozenset[str]) -> tuple:
-    return tuple(f for f in site["cond_indep_stack"] if f.vectorized and f.name not in outer)
 
 
 def observed_sources(

@@ -287,7 +287,7 @@ def _size_unsized_plates(trace: poutine.Trace, outer: frozenset[str]) -> None:
     for site in trace.nodes.values():
         if site["type"] != "sample":
             continue
-        for frame in _model_frames(site, outer):
+        for frame in model_frames(site, outer):
             if frame.size == -1:
                 size = _size_along(site, frame, outer)
                 sizes[frame.name] = max(sizes.get(frame.name, 1), size)
@@ -377,7 +377,7 @@ def read_model(
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}
     for name, site in latent.items():
-        plate = next((f.name for f in _model_frames(site, outer) if f.name in candidates), None)
+        plate = next((f.name for f in model_frames(site, outer) if f.name in candidates), None)
         _check_guidable(name, site, plate, observed)
         sites[name] = _latent_site(name, site, plate, frames, outer)
         if plate is not None:
@@ -429,7 +429,7 @@ def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:
             )
 
 
-def _model_frames(site: dict, outer: frozenset[str]) -> tuple[CondIndepStackFrame, ...]:
+def model_frames(site: dict, outer: frozenset[str]) -> tuple[CondIndepStackFrame, ...]:
     return tuple(
         frame for frame in site["cond_indep_stack"] if frame.vectorized and frame.name not in outer
     )
@@ -440,7 +440,7 @@ def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, d
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        for frame in _model_frames(site, outer):
+        for frame in model_frames(site, outer):
             frames.setdefault(frame.name, frame)
         if site["is_observed"]:
             if holds_data(site):
@@ -494,7 +494,7 @@ def _observed_offsets(
     matrix, keeps the data plate). Empty where the plate indexes no data."""
     offsets = set()
     for site in observed.values():
-        frames = _model_frames(site, outer)
+        frames = model_frames(site, outer)
         if frame not in frames:
             continue
         value = model_value(site, outer)
@@ -510,7 +510,7 @@ def _observed_offsets(
 
 
 def _holds_latents(frame: CondIndepStackFrame, latent: dict, outer: frozenset[str]) -> bool:
-    return any(frame in _model_frames(site, outer) for site in latent.values())
+    return any(frame in model_frames(site, outer) for site in latent.values())
 
 
 def _data_plate_candidates(
@@ -692,7 +692,7 @@ def _latent_site(
     except NotImplementedError as error:
         raise ValueError(_no_bijection_message(name, support)) from error
     event_shape = fn.event_shape
-    site_frames = _model_frames(site, outer)
+    site_frames = model_frames(site, outer)
     unconstrained_event_shape = transform.inverse_shape(event_shape)
     if plate is None:
         return LatentSite(name, support, event_shape, unconstrained_event_shape, site_frames)
