@@ -31,6 +31,7 @@ from torch.distributions.transforms import IndependentTransform
 from .encoders import MLPEncoder, StandardizingEncoder, encode_features, plate_inputs
 from .heads import (
     FLOWS,
+    SATURATED,
     DeltaHead,
     DiscreteHead,
     FlowHead,
@@ -40,8 +41,10 @@ from .heads import (
     MultivariateNormalHead,
     NormalHead,
     discrete_quantiles,
+    is_saturated,
     unconstrained_quantiles,
 )
+from .initialization import prior_start
 from .observed import arguments_defaulting_to_none, observed_sources, sometimes_observed
 from .structure import (
     AmortizeOn,
@@ -84,6 +87,9 @@ _SIZING_ROWS = 8
 
 _MAX_CACHED_CALLS = 64
 """Argument signatures whose data plate sizes a guide remembers."""
+
+GLOBAL_INIT_SCALE = 0.1
+"""Initial scale of global sites without ``init_scale``, as Pyro's ``AutoNormal``."""
 
 
 LOCAL_FAMILIES: dict[str, type[nn.Module]] = {
@@ -291,8 +297,14 @@ class AutoAmortizedGuide(AutoGuide):
     :param hidden_dims: hidden widths of the default encoder.
     :param callable init_loc_fn: per-site initialization (see
         :mod:`pyro.infer.autoguide.initialization`); local heads start at the
-        mean over data points of the initial unconstrained value.
-    :param float init_scale: initial scale of every Normal.
+        mean over data points of the initial unconstrained value. By default
+        global sites start as ``init_to_feasible`` and local heads at the centre
+        of the site's prior in unconstrained space
+        (:func:`~pyro_amortized.initialization.prior_start`).
+    :param float init_scale: initial scale of every Normal. By default global
+        sites start at 0.1, as Pyro's ``AutoNormal``, and local heads at the
+        spread of the site's prior in unconstrained space, clipped to
+        ``[0.001, 1]``: the KL term of the ELBO starts near zero.
     :param site_families: family per local site, by name, overriding the
         class's family: a name from :data:`LOCAL_FAMILIES`, for example
         ``{"z": "multivariate_normal"}``, or a head constructor of one's own
@@ -327,8 +339,8 @@ class AutoAmortizedGuide(AutoGuide):
         amortize_on: AmortizeOn = None,
         encoder: nn.Module | Mapping[str, nn.Module] | None = None,
         hidden_dims: Sequence[int] = (256,),
-        init_loc_fn: Callable = init_to_feasible,
-        init_scale: float = 0.1,
+        init_loc_fn: Callable | None = None,
+        init_scale: float | None = None,
         site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
@@ -346,16 +358,22 @@ class AutoAmortizedGuide(AutoGuide):
                 f"{enumerate_discrete!r}."
             )
         self.enumerate_discrete = enumerate_discrete
-        if not isinstance(init_scale, (int, float)) or not init_scale > 0:
-            raise ValueError(f"init_scale must be a positive number, but got {init_scale!r}.")
-        self._init_scale = float(init_scale)
+        if init_scale is not None and (
+            not isinstance(init_scale, (int, float)) or not init_scale > 0
+        ):
+            raise ValueError(
+                f"init_scale must be a positive number or None, but got {init_scale!r}."
+            )
+        self._init_scale = None if init_scale is None else float(init_scale)
         self._check_options(amortize_on, encoder, hidden_dims, init_loc_fn)
         self.site_families = _check_site_families(site_families)
         self.dependencies = check_dependencies(dependencies)
         super().__init__(model, create_plates=create_plates)
         self.amortize_on = amortize_on
         self.hidden_dims = tuple(hidden_dims)
-        self.init_loc_fn = init_loc_fn
+        # Without init_loc_fn, local heads start at their priors (initialization.py).
+        self._locals_from_prior = init_loc_fn is None
+        self.init_loc_fn = init_to_feasible if init_loc_fn is None else init_loc_fn
         self.network = InferenceNetwork()
         self.global_params = PyroModule()
         # In a tuple: not a submodule of the guide (it joins self.network once
@@ -376,6 +394,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._sources: dict[str, str] = {}
         self._trained_latent: set[str] = set()
         self._upstream: dict[str, tuple[str, ...]] = {}
+        self._saturation_warned: set[str] = set()  # discrete sites warned about once
         self._ran_with_store = False  # whether the network has been in the param store
 
     @staticmethod
@@ -397,8 +416,8 @@ class AutoAmortizedGuide(AutoGuide):
         ):
             raise ValueError("Every value of the encoder mapping must be an nn.Module.")
         MLPEncoder(hidden_dims)  # validates hidden_dims
-        if not callable(init_loc_fn):
-            raise ValueError(f"init_loc_fn must be callable, but got {init_loc_fn!r}.")
+        if init_loc_fn is not None and not callable(init_loc_fn):
+            raise ValueError(f"init_loc_fn must be callable or None, but got {init_loc_fn!r}.")
 
     # ----------------------------------------------------------------- structure
 
@@ -586,8 +605,8 @@ class AutoAmortizedGuide(AutoGuide):
                     num_categories=site.num_categories,
                 )
             else:
-                init = self._init_unconstrained(site, trace.nodes[name], outer).mean(0)
-                head = self._local_head(num_features, init, site)
+                loc, scale = self._local_start(site, trace, outer)
+                head = self._local_head(num_features, loc, scale, site)
             self.network.heads[_module_key(name)] = head
 
     # ------------------------------------------------------------------ families
@@ -595,7 +614,20 @@ class AutoAmortizedGuide(AutoGuide):
     _family = "normal"
     """The family of local sites that ``site_families`` does not name."""
 
-    def _local_head(self, num_features: int, init_loc: torch.Tensor, site: LatentSite) -> nn.Module:
+    def _local_start(
+        self, site: LatentSite, trace: Any, outer: frozenset
+    ) -> tuple[torch.Tensor, float]:
+        """A local head's initial location and scale: from the site's prior
+        where ``init_loc_fn`` or ``init_scale`` is not given."""
+        node = trace.nodes[site.name]
+        loc, scale = prior_start(node, outer, self._transforms[site.name])
+        if not self._locals_from_prior:
+            loc = self._init_unconstrained(site, node, outer).mean(0)
+        return loc, scale if self._init_scale is None else self._init_scale
+
+    def _local_head(
+        self, num_features: int, init_loc: torch.Tensor, init_scale: float, site: LatentSite
+    ) -> nn.Module:
         family = self.site_families.get(site.name, self._family)
         event_dim = len(site.unconstrained_event_shape)
         if callable(family):
@@ -604,13 +636,13 @@ class AutoAmortizedGuide(AutoGuide):
                 init_loc.shape,
                 event_dim,
                 init_loc=init_loc,
-                init_scale=self._init_scale,
+                init_scale=init_scale,
             )
             _check_user_head(head, site.name, num_features, init_loc.shape, event_dim)
             return head
         options = {"init_loc": init_loc}
         if family != "delta":
-            options["init_scale"] = self._init_scale
+            options["init_scale"] = init_scale
         if family == "lowrank_multivariate_normal":
             options["rank"] = getattr(self, "rank", None)
         if family == "normalizing_flow":
@@ -621,7 +653,7 @@ class AutoAmortizedGuide(AutoGuide):
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
         return GlobalNormal(
             self._full_size_init(init_loc, site),
-            self._init_scale,
+            GLOBAL_INIT_SCALE if self._init_scale is None else self._init_scale,
             len(site.unconstrained_event_shape),
         )
 
@@ -941,7 +973,10 @@ class AutoAmortizedGuide(AutoGuide):
         which overflows for exp-like bijections), or the unconstrained image of
         a value the guide was conditioned or replayed on."""
         if site.discrete is not None:
-            value = pyro.sample(site.name, unconstrained, infer=self._discrete_infer(site))
+            infer = self._discrete_infer(site)
+            if "enumerate" not in infer and torch.is_grad_enabled():
+                self._warn_if_saturated(site.name, unconstrained)
+            value = pyro.sample(site.name, unconstrained, infer=infer)
             return value, value
         transform = self._transforms[site.name]
         if _is_identity(transform):  # real support: no auxiliary site, no Jacobian
@@ -965,6 +1000,19 @@ class AutoAmortizedGuide(AutoGuide):
         # The Delta returns a view of ``value``, unless conditioned or replayed.
         own = sampled.shape == value.shape and sampled.data_ptr() == value.data_ptr()
         return sampled, latent if own else transform.inv(sampled)
+
+    def _warn_if_saturated(self, name: str, distribution: dist.Distribution) -> None:
+        if name in self._saturation_warned or not is_saturated(distribution):
+            return
+        self._saturation_warned.add(name)
+        warnings.warn(
+            f"The head of the discrete site {name!r} proposes the same value with "
+            f"probability above 1 - {SATURATED:g} for every row of this batch: its "
+            "score-function gradient has vanished, so it cannot move off that value. "
+            "Unless the posterior is that sure, train with a smaller learning rate, or "
+            "sum the site out (enumerate_discrete='parallel' with TraceEnum_ELBO).",
+            stacklevel=4,
+        )
 
     def _discrete_infer(self, site: LatentSite) -> dict:
         """How ELBOs treat a discrete local site: enumerated by TraceEnum_ELBO when
@@ -1213,8 +1261,8 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         amortize_on: AmortizeOn = None,
         encoder: nn.Module | Mapping[str, nn.Module] | None = None,
         hidden_dims: Sequence[int] = (256,),
-        init_loc_fn: Callable = init_to_feasible,
-        init_scale: float = 0.1,
+        init_loc_fn: Callable | None = None,
+        init_scale: float | None = None,
         site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,
@@ -1278,8 +1326,8 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
         amortize_on: AmortizeOn = None,
         encoder: nn.Module | Mapping[str, nn.Module] | None = None,
         hidden_dims: Sequence[int] = (256,),
-        init_loc_fn: Callable = init_to_feasible,
-        init_scale: float = 0.1,
+        init_loc_fn: Callable | None = None,
+        init_scale: float | None = None,
         site_families: Mapping[str, Family] | None = None,
         dependencies: Dependencies = "model",
         enumerate_discrete: str | None = None,

@@ -434,6 +434,39 @@ class DiscreteHead(_LinearHead):
         return dist.OneHotCategorical(logits=logits).to_event(self.event_dim - 1)
 
 
+SATURATED = 1e-6
+"""A discrete head is saturated where it gives one value a probability within
+this of 1 for every row: its score-function gradient has then vanished."""
+
+MIN_SATURATED_ROWS = 16
+"""Rows a batch needs before :func:`is_saturated` judges it: a few rows may
+well all be sure of one value."""
+
+
+def is_saturated(distribution: dist.Distribution) -> bool:
+    """Whether a discrete head proposes one and the same value, with probability
+    above ``1 - SATURATED``, for each of at least ``MIN_SATURATED_ROWS`` rows.
+
+    A head there has stopped learning by the score function: the gradient of
+    ``log q`` at the value it always samples is ``1 - q``, about zero.
+
+    Usage::
+
+        is_saturated(dist.Categorical(logits=torch.tensor([[50.0, 0.0]]).expand(20, 2)))  # True
+    """
+    while isinstance(distribution, dist.Independent):
+        distribution = distribution.base_dist
+    if isinstance(distribution, dist.Bernoulli):
+        probs = torch.stack([1 - distribution.probs, distribution.probs], -1)
+    else:
+        probs = distribution.probs
+    probs = probs.detach().reshape(probs.shape[0], -1, probs.shape[-1])
+    if probs.shape[0] < MIN_SATURATED_ROWS:
+        return False
+    top, value = probs.max(-1)
+    return bool((top > 1 - SATURATED).all() and (value == value[:1]).all())
+
+
 def discrete_quantiles(
     distribution: dist.Distribution, quantiles: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
