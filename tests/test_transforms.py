@@ -80,3 +80,16 @@ def test_dimension_changing_shapes():
 def test_unsupported_support():
     with pytest.raises(NotImplementedError):
         bijection_to(constraints.sphere)
+
+
+def test_long_simplex_passes_pyros_support_check_in_float32():
+    """Stick-breaking alone sums 1,024 words to 1 only within about 1e-6."""
+    generator = torch.Generator().manual_seed(0)
+    for spread in (0.1, 1.0, 10.0):
+        x = spread * torch.randn(1000, 1023, generator=generator)
+        plain = torch.distributions.transforms.StickBreakingTransform()(x)
+        value = bijection_to(constraints.simplex)(x)
+        assert constraints.simplex.check(value).all()
+        error, plain_error = ((v.sum(-1) - 1).abs().max() for v in (value, plain))
+        print(f"spread {spread}: sum error {error:.2e}, stick-breaking alone {plain_error:.2e}")
+        assert error < 5e-7 and torch.allclose(value, plain, rtol=1e-5)
