@@ -45,7 +45,14 @@ from .heads import (
     unconstrained_quantiles,
 )
 from .initialization import prior_start
-from .observed import arguments_defaulting_to_none, observed_sources, sometimes_observed
+from .observed import (
+    arguments_defaulting_to_none,
+    check_supervise,
+    check_supervised_sites,
+    observed_sources,
+    sometimes_observed,
+    supervised_term,
+)
 from .structure import (
     AmortizeOn,
     ArgumentLocation,
@@ -234,6 +241,13 @@ def _check_family_sites(site_families: dict[str, Family], structure: ModelStruct
         )
 
 
+def _given_rows(value: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+    """An observed local site's minibatch rows."""
+    if indices is not None and value.shape[0] != indices.shape[0]:
+        value = value.index_select(0, indices.to(value.device))
+    return value
+
+
 def _is_identity(transform: Transform) -> bool:
     while isinstance(transform, IndependentTransform):
         transform = transform.base_transform
@@ -328,6 +342,12 @@ class AutoAmortizedGuide(AutoGuide):
         plate) before the encoder reads it (see
         :class:`~pyro_amortized.encoders.StandardizingEncoder`). Recommended for
         inputs of large magnitude, such as raw counts or unnormalized pixels.
+    :param supervise: ``{site: weight}`` for sites observed in some calls and
+        latent in others (``y`` of ``model(xs, ys=None)``): where a call
+        observes the site, ``weight * log q(y | x)`` of the observed values is
+        added to the objective, so the site's head also learns from labelled
+        batches (see :mod:`pyro_amortized.observed`). The reported loss is then
+        no longer the negative ELBO alone.
     """
 
     _jacobian = True
@@ -346,7 +366,9 @@ class AutoAmortizedGuide(AutoGuide):
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
         standardize_inputs: bool = False,
+        supervise: Mapping[str, float] | None = None,
     ) -> None:
+        self.supervise = check_supervise(supervise)
         if not isinstance(standardize_inputs, bool):
             raise ValueError(
                 f"standardize_inputs must be True or False, but got {standardize_inputs!r}."
@@ -508,6 +530,7 @@ class AutoAmortizedGuide(AutoGuide):
         self._sources = sometimes_observed(trace, outer, arguments, optional)
         structure = read_model(trace, outer, arguments, self.amortize_on, self._sources)
         warn_if_nothing_to_amortize(structure)
+        check_supervised_sites(self.supervise, structure.local_sites)
         self._check_encoder_plates(structure)
         _check_family_sites(self.site_families, structure)
         device = _data_device(structure, arguments)
@@ -784,14 +807,21 @@ class AutoAmortizedGuide(AutoGuide):
             stacklevel=4,
         )
 
-    def _given_value(
-        self, site: LatentSite, value: torch.Tensor, indices: torch.Tensor | None
-    ) -> torch.Tensor:
-        """An observed local site's value as the heads downstream read it: the
-        minibatch rows, unconstrained."""
-        if indices is not None and value.shape[0] != indices.shape[0]:
-            value = value.index_select(0, indices.to(value.device))
-        return value if site.discrete is not None else self._transforms[site.name].inv(value)
+    def _supervise(
+        self,
+        site: LatentSite,
+        rows: torch.Tensor,
+        features: torch.Tensor,
+        plate: DataPlate,
+        read: dict[str, torch.Tensor],
+        plates: dict[str, pyro.plate],
+    ) -> None:
+        """The ``supervise`` term of an observed site: its head's log density of
+        the observed rows, weighted."""
+        head = self._registered_network().heads[_module_key(site.name)]
+        q = self._constrained(head(self._head_input(features, plate, site.name, read)), site)
+        with self._inner_plates(site, plates):
+            supervised_term(site.name, q, rows, self.supervise[site.name])
 
     def _call_weights(
         self, args: tuple, kwargs: dict, plates: dict[str, pyro.plate]
@@ -911,7 +941,10 @@ class AutoAmortizedGuide(AutoGuide):
                 for name in plate.sites:
                     site = self._structure.sites[name]
                     if name in given:  # observed in this call: read, not sampled
-                        read[name] = self._given_value(site, given[name], indices)
+                        rows = _given_rows(given[name], indices)
+                        if name in self.supervise and torch.is_grad_enabled():
+                            self._supervise(site, rows, features, plate, read, plates)
+                        read[name] = self._unconstrain(name, rows)
                         continue
                     if name in self._sources:
                         self._check_trained_latent(name, training=torch.is_grad_enabled())
@@ -1047,7 +1080,7 @@ class AutoAmortizedGuide(AutoGuide):
                     head = self._network.heads[_module_key(name)]
                     result[name] = head(self._head_input(features, plate, name, values))
                     if name in given:
-                        values[name] = self._given_value(structure.sites[name], given[name], None)
+                        values[name] = self._unconstrain(name, given[name])
                         continue
                     if name in self._sources:
                         self._check_trained_latent(name, training=False)
@@ -1181,6 +1214,8 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
     :param callable create_plates: optional function returning plates to use.
     :param standardize_inputs: standardize the encoder's inputs (see
         :class:`AutoAmortizedGuide`).
+    :param supervise: weights of observed values' log densities (see
+        :class:`AutoAmortizedGuide`).
     """
 
     _family = "delta"
@@ -1198,6 +1233,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
         standardize_inputs: bool = False,
+        supervise: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -1210,6 +1246,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
             standardize_inputs=standardize_inputs,
+            supervise=supervise,
         )
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
@@ -1268,6 +1305,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
         standardize_inputs: bool = False,
+        supervise: Mapping[str, float] | None = None,
     ) -> None:
         if rank is not None and not (isinstance(rank, int) and rank > 0):
             raise ValueError(f"rank must be a positive integer or None, but got {rank!r}.")
@@ -1284,6 +1322,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
             standardize_inputs=standardize_inputs,
+            supervise=supervise,
         )
 
 
@@ -1333,6 +1372,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
         enumerate_discrete: str | None = None,
         create_plates: Callable | None = None,
         standardize_inputs: bool = False,
+        supervise: Mapping[str, float] | None = None,
     ) -> None:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {', '.join(FLOWS)}, but got {flow!r}.")
@@ -1352,6 +1392,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
             enumerate_discrete=enumerate_discrete,
             create_plates=create_plates,
             standardize_inputs=standardize_inputs,
+            supervise=supervise,
         )
 
 

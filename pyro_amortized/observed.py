@@ -13,6 +13,12 @@ observes a site that the first call left latent (read on that call). Either way
 the guide remembers which argument holds the site's values: in a call where
 that argument is ``None`` the site is latent. The argument never feeds an
 encoder, since it is missing from some calls.
+
+Where the site is observed its head is not used, so by the ELBO alone it learns
+from unlabelled batches only. ``supervise={"y": alpha}`` also trains it where
+``y`` is given, by adding ``alpha * log q(y | x)`` of the observed values to the
+objective: the auxiliary term of Kingma, Rezende, Mohamed & Welling (2014),
+"Semi-supervised learning with deep generative models", eq. 9.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 
@@ -125,3 +133,37 @@ def observed_sources(
             )
         sources[name] = source
     return sources
+
+
+def check_supervise(supervise: Mapping[str, float] | None) -> dict[str, float]:
+    """Validates the guide's ``supervise`` option: ``{site name: weight}``."""
+    if supervise is None:
+        return {}
+    if not isinstance(supervise, Mapping):
+        raise ValueError(
+            "supervise must be a mapping {site name: weight}, such as {'y': 0.1}, but got "
+            f"{type(supervise).__name__}."
+        )
+    for name, weight in supervise.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"supervise[{name!r}] must be a positive number, but got {weight!r}.")
+    return {name: float(weight) for name, weight in supervise.items()}
+
+
+def check_supervised_sites(supervise: Mapping[str, float], local_sites: Iterable[str]) -> None:
+    """:raises ValueError: if ``supervise`` names a site that is not a local site
+    of the guide (a sometimes-observed site is one: it is latent in some calls)."""
+    unknown = sorted(set(supervise) - set(local_sites))
+    if unknown:
+        raise ValueError(
+            f"supervise names {unknown}, which are not local sites of the guide (those "
+            f"are: {sorted(local_sites) or 'none'}). It weights the sites that some calls "
+            "observe, as y in model(xs, ys=None) with ys given for labelled batches."
+        )
+
+
+def supervised_term(name: str, q: dist.Distribution, value: torch.Tensor, weight: float) -> None:
+    """Adds ``weight * log q(value)`` to the ELBO, ``value`` the observed rows of
+    the site ``name``: a factor in the guide counts against the ELBO, so it
+    carries the negated term. Call it inside the site's plates."""
+    pyro.factor(f"{name}_supervised", -weight * q.log_prob(value), has_rsample=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import SEED
 from pyro import poutine
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
 from pyro_amortized import AutoAmortizedGuide
 
@@ -72,3 +72,54 @@ def test_one_guide_trains_on_labelled_and_unlabelled_batches():
     print(f"largest error: q(y | x) {y_error:.3f}, loc of q(z | x, y) {z_error:.3f}")
     assert y_error < 0.1
     assert z_error < 0.15
+
+
+def labels_only(xs, ys=None):
+    """A coin y (observed where labelled) and x ~ N(2 y, 0.5): no other latent."""
+    with pyro.plate("data", xs.shape[0]):
+        y = pyro.sample("y", dist.Bernoulli(0.5), obs=ys)
+        pyro.sample("x", dist.Normal(SHIFT * y, NOISE), obs=xs)
+
+
+def test_supervise_adds_the_weighted_log_density_of_the_labels():
+    xs, ys = simulate(50, seed=0)
+    guide = AutoAmortizedGuide(labels_only, supervise={"y": 0.5})
+    guide(xs)
+    log_joint = poutine.trace(labels_only).get_trace(xs, ys).log_prob_sum()
+    log_q = guide.encode(xs)["y"].log_prob(ys).sum()
+    svi = SVI(labels_only, guide, pyro.optim.Adam({"lr": 0.0}), Trace_ELBO())
+    # Training: the objective with the labels' term; evaluation: the ELBO alone.
+    assert torch.isclose(torch.tensor(svi.step(xs, ys)), -log_joint - 0.5 * log_q, rtol=1e-5)
+    assert torch.isclose(torch.tensor(svi.evaluate_loss(xs, ys)), -log_joint, rtol=1e-5)
+
+
+def test_supervise_trains_the_head_from_labelled_batches_alone():
+    """Trained on labelled batches only, the head of y is untrained without
+    ``supervise`` and learns the exact posterior of the coin with it."""
+    xs, ys = simulate(2000, seed=SEED)
+    x = torch.linspace(-1.0, 3.0, 21)
+    errors = {}
+    for weight in (None, 1.0):
+        pyro.set_rng_seed(SEED)
+        pyro.clear_param_store()
+        supervise = None if weight is None else {"y": weight}
+        guide = AutoAmortizedGuide(semi_supervised, hidden_dims=(32,), supervise=supervise)
+        svi = SVI(semi_supervised, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+        generator = torch.Generator().manual_seed(SEED)
+        guide(xs)  # the first call leaves y latent
+        for _ in range(1000):
+            rows = torch.randint(2000, (100,), generator=generator)
+            svi.step(xs[rows], ys[rows])
+        q_y = guide.encode(x)["y"]
+        errors[weight] = (q_y.probs - exact_probability_of_one(x)).abs().max().item()
+    print(f"largest error of q(y | x): without supervise {errors[None]:.3f}, with {errors[1.0]:.3f}")
+    assert errors[None] > 0.4  # uniform: 0.5 off where the coin is sure
+    assert errors[1.0] < 0.1
+
+
+def test_supervise_names_local_sites():
+    with pytest.raises(ValueError, match="supervise names \\['w'\\]"):
+        AutoAmortizedGuide(semi_supervised, supervise={"w": 1.0})(*simulate(5, seed=0))
+    for bad in ({"y": 0.0}, {"y": "1"}, ["y"]):
+        with pytest.raises(ValueError, match="supervise"):
+            AutoAmortizedGuide(semi_supervised, supervise=bad)
