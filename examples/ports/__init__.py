@@ -13,7 +13,9 @@ and ELBO and returns the program's metric and the mean time of a step.
 module             program
 =================  =============================================================
 :mod:`.vae`        ``examples/vae/vae.py``: the variational autoencoder
-:mod:`.ss_vae`     ``examples/vae/ss_vae_M2.py``: the semi-supervised VAE (M2)
+:mod:`.ss_vae`     ``examples/vae/ss_vae_M2.py``: the semi-supervised VAE (M2),
+                   without (``"ss_vae"``) or with (``"ss_vae_aux"``) its
+                   auxiliary classification loss
 :mod:`.cvae`       ``examples/cvae/``: the conditional VAE over a baseline net
 :mod:`.lda`        ``examples/lda.py``: amortized latent Dirichlet allocation
 :mod:`.hmm`        ``examples/hmm.py``, ``model_1``: a batched HMM, MAP Baum-Welch
@@ -25,5 +27,5 @@ module             program
 ``benchmarks/bench_programs.py`` compares the two guides on every program.
 """
 
-PROGRAMS = ("vae", "ss_vae", "cvae", "lda", "hmm", "gmm", "gmm_sampled", "prodlda")
+PROGRAMS = ("vae", "ss_vae", "ss_vae_aux", "cvae", "lda", "hmm", "gmm", "gmm_sampled", "prodlda")
 """The programs, by the name ``benchmarks/bench_programs.py`` gives them."""

@@ -40,9 +40,10 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoDelta
+from pyro.infer.autoguide.initialization import init_to_value
 from torch.distributions import constraints
 
-from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized import AutoAmortizedDelta
 
 from ._shared import check_guide_kind, result, timed_steps
 
@@ -143,11 +144,12 @@ def best_initialization(
 
 def global_guide_factory(guide_kind: str, data: torch.Tensor, hidden: int) -> Callable[[], object]:
     """Builds, at each call, the guide of the enumerated model: the tutorial's
-    ``global_guide`` or ``AutoAmortizedGuide`` with the tutorial's initialization."""
+    ``global_guide`` or ``AutoAmortizedDelta`` (the tutorial's MAP family) with
+    the tutorial's initialization."""
     if guide_kind == "hand":
         return lambda: make_global_guide(data)
     init_loc_fn = make_init_loc_fn(data)
-    return lambda: AutoAmortizedGuide(
+    return lambda: AutoAmortizedDelta(
         enumerated_model, hidden_dims=(hidden,), init_loc_fn=init_loc_fn
     )
 
@@ -184,9 +186,9 @@ def run(
     held-out points.
 
     :param guide_kind: ``"hand"`` (``AutoDelta`` over the blocked model) or
-        ``"amortized"`` (``AutoAmortizedGuide(enumerated_model,
-        hidden_dims=(hidden,), init_loc_fn=...)`` with the tutorial's
-        initialization; the model enumerates the only local site, so the
+        ``"amortized"`` (``AutoAmortizedDelta(enumerated_model,
+        hidden_dims=(hidden,), init_loc_fn=...)``: the tutorial's MAP family
+        and initialization; the model enumerates the only local site, so the
         guide has only global sites).
     :param steps: SVI steps.
     :param batch_size: must be ``None``: the tutorial uses all the data.
@@ -219,10 +221,11 @@ def run_sampled(
     """``"gmm_sampled"``: the assignments sampled by the guide.
 
     :param guide_kind: ``"hand"`` (the tutorial's MAP training, then
-        ``full_guide`` without enumeration) or ``"amortized"``
-        (``AutoAmortizedGuide(model, hidden_dims=(hidden,))``: globals and
-        amortized assignment probabilities trained together, with the
-        optimizer of the tutorial's second training).
+        ``full_guide`` without enumeration) or ``"amortized"`` (the same MAP
+        training with the amortized guide of :func:`run`, then
+        ``AutoAmortizedDelta(model, hidden_dims=(hidden,))`` started at its
+        estimates: the globals train on beside the amortized assignment
+        probabilities, where the tutorial holds them fixed).
     :param steps: SVI steps of each training.
     :param batch_size: must be ``None``: the tutorial uses all the data.
     :param seed: seed of the split and (amortized) of the parameters.
@@ -236,13 +239,15 @@ def run_sampled(
     check_guide_kind(guide_kind)
     _check_full_batch(batch_size)
     train, _ = make_data(small=small, seed=seed)
+    global_guide, _, _ = train_map(guide_kind, train, steps, hidden, tries)
     if guide_kind == "hand":
-        global_guide, _, _ = train_map("hand", train, steps, hidden, tries)
         guide = make_full_guide(global_guide)
     else:
-        pyro.set_rng_seed(seed)
+        estimates = {name: value.detach() for name, value in global_guide.median(train).items()}
         pyro.clear_param_store()
-        guide = AutoAmortizedGuide(model, hidden_dims=(hidden,))
+        guide = AutoAmortizedDelta(
+            model, hidden_dims=(hidden,), init_loc_fn=init_to_value(values=estimates)
+        )
     optim = pyro.optim.Adam({"lr": 0.2, "betas": [0.8, 0.99]})
     # Nothing is enumerated any more: TraceEnum_ELBO need not say so.
     elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
