@@ -125,7 +125,7 @@ def simulate_dirichlet_multinomial(num_points):
 
 @pytest.mark.parametrize("guide_class", [AutoAmortizedGuide, _WithoutJacobian])
 def test_dirichlet_multinomial_posterior_mean(guide_class):
-    guide = guide_class(dirichlet_multinomial, hidden_dims=(64,))
+    guide = guide_class(dirichlet_multinomial, hidden_dims=(64,), init_scale=0.1)
     train(
         dirichlet_multinomial,
         guide,

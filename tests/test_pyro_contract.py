@@ -216,9 +216,9 @@ def test_a_part_of_an_auto_guide_list_joins_its_plates(beside):
     guide = AutoGuideList(_list_model)
     if beside:
         guide.append(AutoNormal(poutine.block(_list_model, expose=["loc"])))
-        guide.append(AutoAmortizedGuide(poutine.block(_list_model, hide=["loc"])))
+        guide.append(AutoAmortizedGuide(poutine.block(_list_model, hide=["loc"]), init_scale=0.1))
     else:
-        guide.append(AutoAmortizedGuide(_list_model))
+        guide.append(AutoAmortizedGuide(_list_model, init_scale=0.1))
     guide_trace = poutine.trace(guide).get_trace(x)
     rows = guide_trace.nodes["data"]["value"]
     assert rows.shape == (16,)

@@ -228,6 +228,7 @@ def run(
             hidden_dims=(hidden, hidden),
             standardize_inputs=True,
             create_plates=documents_plate,
+            site_families={"doc_topics": "delta"},  # the program's point estimate
         )
     elbo = TraceEnum_ELBO(max_plate_nesting=2)
     svi = SVI(model, guide, ClippedAdam({"lr": learning_rate}), elbo)
