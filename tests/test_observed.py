@@ -112,7 +112,9 @@ def test_supervise_trains_the_head_from_labelled_batches_alone():
             svi.step(xs[rows], ys[rows])
         q_y = guide.encode(x)["y"]
         errors[weight] = (q_y.probs - exact_probability_of_one(x)).abs().max().item()
-    print(f"largest error of q(y | x): without supervise {errors[None]:.3f}, with {errors[1.0]:.3f}")
+    print(
+        f"largest error of q(y | x): without supervise {errors[None]:.3f}, with {errors[1.0]:.3f}"
+    )
     assert errors[None] > 0.4  # uniform: 0.5 off where the coin is sure
     assert errors[1.0] < 0.1
 
