@@ -50,6 +50,7 @@ from .observed import (
     check_supervise,
     check_supervised_sites,
     observed_sources,
+    plates_with_data,
     sometimes_observed,
     supervised_term,
 )
@@ -416,6 +417,9 @@ class AutoAmortizedGuide(AutoGuide):
         self._sources: dict[str, str] = {}
         self._trained_latent: set[str] = set()
         self._upstream: dict[str, tuple[str, ...]] = {}
+        # Per call signature, the plates in which the model observes data.
+        self._observing: dict[tuple, frozenset[str]] = {}
+        self._generated_warned: set[str] = set()  # plates warned about once
         self._saturation_warned: set[str] = set()  # discrete sites warned about once
         self._ran_with_store = False  # whether the network has been in the param store
 
@@ -709,8 +713,10 @@ class AutoAmortizedGuide(AutoGuide):
         """The plates of a call; with ``every_row`` the data plates take every row."""
         structure = self._require_structure()
         plates = self._given_plates(args, kwargs, every_row)
+        generated = self._generated_plates(args, kwargs)
         for plate in structure.data_plates.values():
-            _check_rows(plate, self._input_values(plate, args, kwargs)[0])
+            if plate.name not in generated:
+                _check_rows(plate, self._input_values(plate, args, kwargs)[0])
         sizes = self._call_plate_sizes(args, kwargs)
         if every_row:
             sizes = {
@@ -719,6 +725,8 @@ class AutoAmortizedGuide(AutoGuide):
             }
         for name, frame in structure.frames.items():
             if name in plates:
+                continue
+            if name in generated:  # no guide site in it this call
                 continue
             if name in structure.unsized:  # sized by broadcasting, as in the model
                 plates[name] = pyro.plate(name, dim=frame.dim)
@@ -729,6 +737,37 @@ class AutoAmortizedGuide(AutoGuide):
                 full_size, size = sizes.get(name, (frame.full_size or frame.size, frame.size))
                 plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=size)
         return plates
+
+    def _generated_plates(self, args: tuple, kwargs: dict) -> frozenset[str]:
+        """The data plates in which the model observes nothing in this call and
+        an encoder input is ``None`` (the targets ``ys`` of ``model(xs,
+        ys=None)``, when predicting): the model generates their data, so the
+        posterior of their local sites is their prior, and the guide leaves
+        those sites to the model. (No head reads a site of another data plate,
+        see :mod:`pyro_amortized.upstream`.)"""
+        self._call_plate_sizes(args, kwargs)  # reads the call's model run
+        observing = self._observing.get(call_key(args, kwargs))
+        if observing is None:  # a guide loaded from disk has no model to run
+            return frozenset()
+        generated = frozenset(
+            name
+            for name, plate in self._structure.data_plates.items()
+            if name not in observing
+            and any(self._locations[i].fetch(args, kwargs) is None for i in plate.inputs)
+        )
+        for name in generated - self._generated_warned:
+            self._generated_warned.add(name)
+            plate = self._structure.data_plates[name]
+            missing = [i for i in plate.inputs if self._locations[i].fetch(args, kwargs) is None]
+            warnings.warn(
+                f"The model observes nothing in plate '{name}' in this call ({', '.join(missing)} "
+                f"None), so the guide leaves its local sites {list(plate.sites)} to the "
+                "model's prior, their posterior given no data, as for new data points. For "
+                "a posterior predictive of observed rows, give the guide their values: "
+                f"Predictive(model, guide=functools.partial(guide, {missing[0]}=...)).",
+                stacklevel=5,
+            )
+        return generated
 
     def _given_plates(self, args: tuple, kwargs: dict, every_row: bool) -> dict[str, pyro.plate]:
         """Plates the guide joins rather than makes: those of the
@@ -767,7 +806,9 @@ class AutoAmortizedGuide(AutoGuide):
         if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
             self._plate_sizes.clear()
             self._weights.clear()
+            self._observing.clear()
         self._plate_sizes[key] = plate_sizes(trace, list(self._structure.frames))
+        self._observing[key] = plates_with_data(trace, outer)
         self._weights[key] = handler_weights(trace, self._structure.sites)
         unknown = [name for name in self._structure.local_sites if name not in self._sources]
         learned = observed_sources(self.model, trace, outer, args, kwargs, unknown)
@@ -936,6 +977,8 @@ class AutoAmortizedGuide(AutoGuide):
         heads = self._registered_network().heads
         given = self._given(args, kwargs)
         for plate in self._structure.data_plates.values():
+            if plate.name not in plates:  # the model generates its data (see _plates)
+                continue
             with plates[plate.name] as indices:
                 features = features_of(plate, args, kwargs, indices, plates[plate.name].size)
                 for name in plate.sites:

@@ -104,6 +104,22 @@ def sometimes_observed(
     return found
 
 
+def plates_with_data(trace: poutine.Trace, outer: frozenset[str]) -> frozenset[str]:
+    """The plates that hold an observed site with data in a run of the model.
+
+    A data plate missing here in a call (``model(xs, ys=None)`` predicting,
+    where ``y`` is observed only when ``ys`` is given) has its data generated
+    by the model: nothing is observed in it, and the posterior of its local
+    sites is their prior.
+    """
+    return frozenset(
+        frame.name
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and site["is_observed"] and holds_data(site)
+        for frame in model_frames(site, outer)
+    )
+
+
 def observed_sources(
     model: Callable,
     trace: poutine.Trace,

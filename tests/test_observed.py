@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import SEED
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
 
 from pyro_amortized import AutoAmortizedGuide
 
@@ -125,3 +125,26 @@ def test_supervise_names_local_sites():
     for bad in ({"y": 0.0}, {"y": "1"}, ["y"]):
         with pytest.raises(ValueError, match="supervise"):
             AutoAmortizedGuide(semi_supervised, supervise=bad)
+
+
+def regression(xs, ys=None):
+    """z ~ N(x, 1) per row, y ~ N(z + w, 0.1) observed where given."""
+    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", xs.shape[0]):
+        z = pyro.sample("z", dist.Normal(xs, 1.0))
+        return pyro.sample("y", dist.Normal(z + w, 0.1), obs=ys)
+
+
+def test_a_plate_without_its_observed_values_leaves_its_locals_to_the_model():
+    """The encoder reads xs and ys; predicting with ys=None, the model generates
+    y, and the posterior of z given no y is its prior N(x, 1)."""
+    pyro.set_rng_seed(SEED)
+    xs = torch.linspace(-2.0, 2.0, 5)
+    guide = AutoAmortizedGuide(regression)
+    guide(xs, xs + 1.0)
+    assert guide.data_plates == {"data": ("xs", "ys")}
+    trace = poutine.trace(guide).get_trace(xs)
+    assert [n for n, site in trace.nodes.items() if site["type"] == "sample"] == ["w"]
+    samples = Predictive(regression, guide=guide, num_samples=4000)(xs)
+    assert torch.allclose(samples["z"].mean(0), xs, atol=0.1)
+    assert torch.allclose(samples["z"].std(0), torch.ones(5), atol=0.1)

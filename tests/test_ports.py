@@ -11,6 +11,7 @@ import sys
 
 import pyro
 import pytest
+from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from pyro_amortized import AutoAmortizedGuide
@@ -79,14 +80,13 @@ def test_cvae_prediction_without_targets():
     guide = AutoAmortizedGuide(network.model, hidden_dims=(16, 16))
     svi = pyro.infer.SVI(network.model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     assert math.isfinite(svi.step(inputs, outputs))
-    # KNOWN GAP: the program predicts with Predictive(model, guide) and ys=None,
-    # where its guide falls back to the prior network. The amortized guide's
-    # encoder reads ys, so it refuses the call, and the message names the
-    # posterior-predictive idiom (Predictive(model) without a guide samples the
-    # same prior as the program's fallback).
-    with pytest.raises(ValueError, match="reads argument 'ys', which is NoneType") as error:
-        cvae.predict(network, guide, inputs, num_samples=2)
-    assert "functools.partial(guide, ys=...)" in str(error.value)
+    # The program predicts with Predictive(model, guide) and ys=None: its guide
+    # falls back to the prior network. Without the targets the model generates
+    # them, and the amortized guide leaves z to the model's prior network too.
+    predictions = cvae.predict(network, guide, inputs, num_samples=2)
+    assert predictions.shape == (2, 16, 8, 8)
+    trace = poutine.trace(guide).get_trace(inputs)
+    assert "z" not in trace.nodes
 
 
 def test_unknown_guide_kind_is_an_error():

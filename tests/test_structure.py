@@ -217,10 +217,13 @@ def test_an_observed_response_defaulting_to_none():
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
     svi.step(x, y)
     assert guide.data_plates == {"data": ("x", "y")} and guide.local_sites == ("z",)
-    with pytest.raises(ValueError, match="reads argument 'y', which is NoneType") as error:
-        pyro.infer.Predictive(model, guide=guide, num_samples=3)(x)
-    assert "functools.partial(guide, y=...)" in str(error.value)
-    # The fix it names: the guide sees y, the model predicts it.
+    # Without y the model observes nothing: z is left to its prior (its
+    # posterior given no data, as for new rows), and the guide says so.
+    with pytest.warns(UserWarning, match="observes nothing in plate 'data'") as caught:
+        prior = pyro.infer.Predictive(model, guide=guide, num_samples=3)(x)
+    assert "functools.partial(guide, y=...)" in str(caught[0].message)
+    assert prior["z"].shape == (3, 20)
+    # The idiom it names: the guide sees y, the model predicts it.
     given = functools.partial(guide, y=y)
     predictive = pyro.infer.Predictive(model, guide=given, num_samples=3)(x)
     assert predictive["z"].shape == predictive["y"].shape == (3, 20)
