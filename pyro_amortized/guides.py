@@ -1058,20 +1058,41 @@ class AutoAmortizedGuide(AutoGuide):
         if _is_identity(transform):  # real support: no auxiliary site, no Jacobian
             value = pyro.sample(site.name, unconstrained)
             return value, value
+        if isinstance(unconstrained, dist.Delta):  # a MAP estimate: no density to carry
+            return self._point_estimate(site, unconstrained.v, transform)
         latent = pyro.sample(
             site.name + "_unconstrained", unconstrained, infer={"is_auxiliary": True}
         )
-        point_estimate = isinstance(unconstrained, dist.Delta)  # MAP in constrained space
-        bound = self._saturation_bounds.get(site.name) if point_estimate else None
-        latent = latent if bound is None else guard_saturation(latent, bound)
         value = transform(latent)
         log_density = 0.0
-        if self._jacobian and not point_estimate and poutine.get_mask() is not False:
+        if self._jacobian and poutine.get_mask() is not False:
             log_density = transform.inv.log_abs_det_jacobian(value, latent)
             log_density = sum_rightmost(
                 log_density, log_density.dim() - value.dim() + site.event_dim
             )
         delta = dist.Delta(value, log_density=log_density, event_dim=site.event_dim)
+        return self._sample_value(site, delta, value, latent, transform)
+
+    def _point_estimate(
+        self, site: LatentSite, latent: torch.Tensor, transform: Transform
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A point estimate, in constrained space as Pyro's ``AutoDelta``: the
+        value where the bijection still responds (see
+        :func:`~pyro_amortized.transforms.saturation_bound`), mapped to the support."""
+        bound = self._saturation_bounds.get(site.name)
+        latent = latent if bound is None else guard_saturation(latent, bound)
+        value = transform(latent)
+        delta = dist.Delta(value, event_dim=site.event_dim)
+        return self._sample_value(site, delta, value, latent, transform)
+
+    @staticmethod
+    def _sample_value(
+        site: LatentSite,
+        delta: dist.Delta,
+        value: torch.Tensor,
+        latent: torch.Tensor,
+        transform: Transform,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sampled = pyro.sample(site.name, delta)
         # The Delta returns a view of ``value``, unless conditioned or replayed.
         own = sampled.shape == value.shape and sampled.data_ptr() == value.data_ptr()
