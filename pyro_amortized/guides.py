@@ -23,7 +23,6 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_median
 from pyro.nn import PyroModule
 from pyro.ops.tensor_utils import periodic_repeat
-from pyro.params.param_store import param_with_module_name
 from torch import nn
 from torch.distributions import ComposeTransform, Transform, TransformedDistribution
 from torch.distributions.transforms import IndependentTransform
@@ -54,6 +53,7 @@ from .observed import (
     sometimes_observed,
     supervised_term,
 )
+from .params import reclaim, register
 from .structure import (
     AmortizeOn,
     ArgumentLocation,
@@ -147,38 +147,6 @@ def _check_rows(plate: DataPlate, first: Any) -> None:
             f"Argument '{plate.inputs[0]}' of plate '{plate.name}' has no rows in this "
             "call; pass at least one data point."
         )
-
-
-def _adopt_stored(
-    network: nn.Module, name: str, full_name: str, stored: torch.Tensor
-) -> nn.Parameter:
-    """Puts a parameter from Pyro's param store in the network in place of its own."""
-    module_name, _, attribute = name.rpartition(".")
-    module = network.get_submodule(module_name)
-    own = module._parameters[attribute]
-    if stored.shape != own.shape:
-        raise ValueError(
-            f"Pyro's param store holds '{full_name}' with shape {tuple(stored.shape)}, but "
-            f"this guide's parameter has shape {tuple(own.shape)}: another guide of the "
-            "same class (parameters are named after the class) or a loaded param store "
-            "has it. Call pyro.clear_param_store() before building this guide, or set "
-            "pyro.settings.set(module_local_params=True) to keep parameters in each guide."
-        )
-    if not isinstance(stored, nn.Parameter):  # a loaded store holds plain tensors
-        stored = nn.Parameter(stored.detach().requires_grad_())
-        _put_in_store(pyro.get_param_store(), full_name, stored)
-    module._parameters[attribute] = stored
-    return stored
-
-
-def _put_in_store(store: Any, full_name: str, value: nn.Parameter) -> None:
-    """Makes ``value`` the param store's tensor under ``full_name``, as
-    :class:`~pyro.nn.PyroModule` does for its own parameters."""
-    previous = store._params.get(full_name)
-    if previous is not None:
-        store._param_to_name.pop(previous, None)
-    store._params[full_name] = value
-    store._param_to_name[value] = full_name
 
 
 def _check_site_families(site_families: Mapping[str, Family] | None) -> dict[str, Family]:
@@ -480,44 +448,17 @@ class AutoAmortizedGuide(AutoGuide):
         """After its first run, a guide puts its own global parameters back in
         the param store where another guide's stand (see
         :meth:`_registered_network`); Pyro's modules then read them as they are."""
-        if not self._ran_with_store or pyro.settings.get("module_local_params"):
-            return
-        store = pyro.get_param_store()
-        prefix = self._pyro_get_fullname("global_params")
-        for key, module in self._modules["global_params"]._modules.items():
-            for name in module._pyro_params:
-                own = module._parameters[name + "_unconstrained"]
-                full_name = f"{prefix}.{key}.{name}"
-                if store._params.get(full_name, own) is not own:
-                    _put_in_store(store, full_name, own)
+        if self._ran_with_store and not pyro.settings.get("module_local_params"):
+            reclaim(self._modules["global_params"], self._pyro_get_fullname("global_params"))
 
     def _registered_network(self) -> InferenceNetwork:
-        """The inference network, its parameters registered with Pyro for this run.
-
-        With Pyro's global param store, parameters are named after the guide's
-        class. A guide's first run takes the parameters the store already holds
-        under its names (loaded with ``pyro.get_param_store().load``, or
-        created by another guide of this class, which it then shares). From
-        then on the guide keeps its own: if the store was cleared and another
-        guide of the class has put its parameters there since, this guide puts
-        its own back, so a guide trained earlier still scores with its own.
-        """
+        """The inference network, its parameters registered with Pyro for this run
+        (see :func:`~pyro_amortized.params.register`)."""
         if not self._pyro_context.active or pyro.settings.get("module_local_params"):
             return self.network  # PyroModule's own handling
-        network = self._network
-        prefix = self._pyro_get_fullname("network")
-        store = pyro.get_param_store()
-        for name, value in list(network.named_parameters()):
-            full_name = param_with_module_name(prefix, name)
-            stored = store._params.get(full_name)
-            if stored is not None and stored is not value:
-                if self._ran_with_store:
-                    _put_in_store(store, full_name, value)
-                else:
-                    value = _adopt_stored(network, name, full_name, stored)
-            pyro.param(full_name, value)
+        register(self._network, self._pyro_get_fullname("network"), adopt=not self._ran_with_store)
         self._ran_with_store = True
-        return network
+        return self._network
 
     def _require_structure(self) -> ModelStructure:
         if self._structure is None:

@@ -1,0 +1,93 @@
+"""Where the guide's parameters live: Pyro's param store and the guide's modules.
+
+With Pyro's global param store (the default), parameters are named after the
+guide's class, as for any :class:`~pyro.nn.PyroModule`. A guide's first run
+adopts the tensors the store already holds under its names (a store loaded
+with ``pyro.get_param_store().load``, or another guide of the class, which it
+then shares). From then on the guide keeps its own tensors: where the store
+was cleared and another guide of the class has put its parameters there
+since, the guide puts its own back, so a guide trained earlier still scores
+with its own. With ``pyro.settings.set(module_local_params=True)`` each guide
+keeps its parameters and none of this applies.
+
+The store's public ``__setitem__`` maps a constrained value to a new
+unconstrained tensor; keeping a parameter's identity (so the optimizer, the
+module and the store hold one tensor) needs its two maps, ``_params`` and
+``_param_to_name``, which this module alone touches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro
+import torch
+from pyro.params.param_store import param_with_module_name
+from torch import nn
+
+
+def register(network: nn.Module, prefix: str, *, adopt: bool) -> None:
+    """Registers every parameter of ``network`` with Pyro for this run.
+
+    :param network: the guide's inference network.
+    :param prefix: the network's full name in the param store.
+    :param adopt: the guide's first run: take the tensors the store holds under
+        the network's names; otherwise put the network's own back over them.
+    """
+    store = pyro.get_param_store()
+    for name, value in list(network.named_parameters()):
+        full_name = param_with_module_name(prefix, name)
+        stored = store._params.get(full_name)
+        if stored is not None and stored is not value:
+            if adopt:
+                value = _adopt(network, name, full_name, stored)
+            else:
+                _put_in_store(store, full_name, value)
+        pyro.param(full_name, value)
+
+
+def reclaim(global_params: nn.Module, prefix: str) -> None:
+    """Puts the guide's own global parameters back in the store where another
+    guide's stand; Pyro's modules then read them as they are.
+
+    :param global_params: the module holding one :class:`~pyro.nn.PyroModule`
+        of parameters per global site.
+    :param prefix: its full name in the param store.
+    """
+    store = pyro.get_param_store()
+    for key, module in global_params._modules.items():
+        for name in module._pyro_params:
+            own = module._parameters[name + "_unconstrained"]
+            full_name = f"{prefix}.{key}.{name}"
+            if store._params.get(full_name, own) is not own:
+                _put_in_store(store, full_name, own)
+
+
+def _adopt(network: nn.Module, name: str, full_name: str, stored: torch.Tensor) -> nn.Parameter:
+    """Puts a parameter from Pyro's param store in the network in place of its own."""
+    module_name, _, attribute = name.rpartition(".")
+    module = network.get_submodule(module_name)
+    own = module._parameters[attribute]
+    if stored.shape != own.shape:
+        raise ValueError(
+            f"Pyro's param store holds '{full_name}' with shape {tuple(stored.shape)}, but "
+            f"this guide's parameter has shape {tuple(own.shape)}: another guide of the "
+            "same class (parameters are named after the class) or a loaded param store "
+            "has it. Call pyro.clear_param_store() before building this guide, or set "
+            "pyro.settings.set(module_local_params=True) to keep parameters in each guide."
+        )
+    if not isinstance(stored, nn.Parameter):  # a loaded store holds plain tensors
+        stored = nn.Parameter(stored.detach().requires_grad_())
+        _put_in_store(pyro.get_param_store(), full_name, stored)
+    module._parameters[attribute] = stored
+    return stored
+
+
+def _put_in_store(store: Any, full_name: str, value: nn.Parameter) -> None:
+    """Makes ``value`` the param store's tensor under ``full_name``, as
+    :class:`~pyro.nn.PyroModule` does for its own parameters."""
+    previous = store._params.get(full_name)
+    if previous is not None:
+        store._param_to_name.pop(previous, None)
+    store._params[full_name] = value
+    store._param_to_name[value] = full_name
