@@ -43,7 +43,7 @@ from .heads import (
     is_saturated,
     unconstrained_quantiles,
 )
-from .initialization import prior_start
+from .initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE, prior_start
 from .observed import (
     arguments_defaulting_to_none,
     check_supervise,
@@ -287,7 +287,8 @@ class AutoAmortizedGuide(AutoGuide):
     :param float init_scale: initial scale of every Normal. By default global
         sites start at 0.1, as Pyro's ``AutoNormal``, and local heads at the
         spread of the site's prior in unconstrained space, clipped to
-        ``[0.001, 1]``: the KL term of the ELBO starts near zero.
+        ``[0.001, 1]`` (``[0.001, 0.1]`` for the correlated families): the KL
+        term of the ELBO starts near zero.
     :param site_families: family per local site, by name, overriding the
         class's family: a name from :data:`LOCAL_FAMILIES`, for example
         ``{"z": "multivariate_normal"}``, or a head constructor of one's own
@@ -588,7 +589,10 @@ class AutoAmortizedGuide(AutoGuide):
         """A local head's initial location and scale: from the site's prior
         where ``init_loc_fn`` or ``init_scale`` is not given."""
         node = trace.nodes[site.name]
-        loc, scale = prior_start(node, outer, self._transforms[site.name])
+        family = self.site_families.get(site.name, self._family)
+        correlated = family in ("multivariate_normal", "lowrank_multivariate_normal")
+        max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
+        loc, scale = prior_start(node, outer, self._transforms[site.name], max_scale)
         if not self._locals_from_prior:
             loc = self._init_unconstrained(site, node, outer).mean(0)
         return loc, scale if self._init_scale is None else self._init_scale
