@@ -27,22 +27,11 @@ from torch import nn
 from torch.distributions import ComposeTransform, Transform, TransformedDistribution
 from torch.distributions.transforms import IndependentTransform
 
+from .discrete_heads import SATURATED, DiscreteHead, is_saturated
 from .encoders import MLPEncoder, StandardizingEncoder, encode_features, plate_inputs
-from .heads import (
-    FLOWS,
-    SATURATED,
-    DeltaHead,
-    DiscreteHead,
-    FlowHead,
-    GlobalDelta,
-    GlobalNormal,
-    LowRankMultivariateNormalHead,
-    MultivariateNormalHead,
-    NormalHead,
-    discrete_quantiles,
-    is_saturated,
-    unconstrained_quantiles,
-)
+from .flow_heads import FLOWS, FlowHead
+from .global_heads import GlobalDelta, GlobalNormal
+from .heads import DeltaHead, LowRankMultivariateNormalHead, MultivariateNormalHead, NormalHead
 from .initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE, prior_start
 from .observed import (
     arguments_defaulting_to_none,
@@ -54,6 +43,7 @@ from .observed import (
     supervised_term,
 )
 from .params import reclaim, register
+from .quantiles import discrete_quantiles, unconstrained_quantiles
 from .structure import (
     AmortizeOn,
     ArgumentLocation,
@@ -658,10 +648,9 @@ class AutoAmortizedGuide(AutoGuide):
         """The plates of a call; with ``every_row`` the data plates take every row."""
         structure = self._require_structure()
         plates = self._given_plates(args, kwargs, every_row)
-        generated = self._generated_plates(args, kwargs)
         for plate in structure.data_plates.values():
-            if plate.name not in generated:
-                _check_rows(plate, self._input_values(plate, args, kwargs)[0])
+            _check_rows(plate, self._input_values(plate, args, kwargs)[0])
+        generated = self._generated_plates(args, kwargs)
         sizes = self._call_plate_sizes(args, kwargs)
         if every_row:
             sizes = {
@@ -1338,7 +1327,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
 class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
     """A conditional normalizing flow per data point over each local site's
     unconstrained event, conditioned on the encoder's features (see
-    :class:`~pyro_amortized.heads.FlowHead`): for skewed, heavy-tailed or
+    :class:`~pyro_amortized.flow_heads.FlowHead`): for skewed, heavy-tailed or
     multimodal local posteriors. Global sites as :class:`AutoAmortizedGuide`.
 
     The flows are Pyro's own conditional transforms, so the family needs no other

@@ -83,7 +83,7 @@ def test_bernoulli_and_one_hot_heads(enumerate_discrete):
 
 
 def test_discrete_quantiles_follow_the_cumulative_probabilities():
-    from pyro_amortized.heads import discrete_quantiles
+    from pyro_amortized.quantiles import discrete_quantiles
 
     q = dist.Categorical(probs=torch.tensor([0.2, 0.5, 0.3]))
     assert discrete_quantiles(q, [0.1, 0.5, 0.75]).tolist() == [0.0, 1.0, 2.0]

@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from pyro_amortized import AutoAmortizedGuide, AutoAmortizedNormalizingFlow
 from pyro_amortized.datasets import load_digits_binarized
-from pyro_amortized.heads import FlowHead
+from pyro_amortized.flow_heads import FlowHead
 from pyro_amortized.models import Decoder, DigitsEncoderGuide, digits_vae_model
 
 

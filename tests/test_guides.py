@@ -48,7 +48,7 @@ from pyro_amortized import (
     AutoAmortizedNormalizingFlow,
     MLPEncoder,
 )
-from pyro_amortized.heads import FlowHead
+from pyro_amortized.flow_heads import FlowHead
 
 MODELS = {
     "factor": (factor_model, lambda n: (factor_data(n),)),

@@ -3,12 +3,9 @@
 import pyro.distributions as dist
 import torch
 
-from pyro_amortized.heads import (
-    DeltaHead,
-    GlobalNormal,
-    NormalHead,
-    unconstrained_quantiles,
-)
+from pyro_amortized.global_heads import GlobalNormal
+from pyro_amortized.heads import DeltaHead, NormalHead
+from pyro_amortized.quantiles import unconstrained_quantiles
 
 
 def test_normal_head_starts_at_its_initial_location_and_scale():

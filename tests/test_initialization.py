@@ -17,7 +17,7 @@ from pyro_amortized import (
     AutoAmortizedLowRankMultivariateNormal,
     AutoAmortizedMultivariateNormal,
 )
-from pyro_amortized.heads import is_saturated
+from pyro_amortized.discrete_heads import is_saturated
 from pyro_amortized.initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE
 
 GAUSSIAN_FAMILIES = [
