@@ -22,10 +22,12 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch import nn
 
+from .arguments import locate_argument
 from .guides import AutoAmortizedGuide
 from .heads import DeltaHead, widened
 from .iwae import log_weights, logmeanexp, max_plate_nesting, single_data_plate
-from .structure import DataPlate, locate_argument, plate_sizes, trace_prototype
+from .prototype import plate_sizes, trace_prototype
+from .structure import DataPlate
 
 # ---------------------------------------------------------------- refinement
 

@@ -27,12 +27,20 @@ from torch import nn
 from torch.distributions import ComposeTransform, Transform, TransformedDistribution
 from torch.distributions.transforms import IndependentTransform
 
+from .arguments import ArgumentLocation, bind_arguments, call_key, locate_argument
 from .discrete_heads import SATURATED, DiscreteHead, is_saturated
 from .encoders import MLPEncoder, StandardizingEncoder, encode_features, plate_inputs
-from .flow_heads import FLOWS, FlowHead
+from .families import (
+    CORRELATED_FAMILIES,
+    Family,
+    build_head,
+    check_family_sites,
+    check_site_families,
+)
+from .flow_heads import FLOWS
 from .global_heads import GlobalDelta, GlobalNormal
-from .heads import DeltaHead, LowRankMultivariateNormalHead, MultivariateNormalHead, NormalHead
 from .initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE, prior_start
+from .latent_sites import LatentSite
 from .observed import (
     arguments_defaulting_to_none,
     check_supervise,
@@ -43,20 +51,13 @@ from .observed import (
     supervised_term,
 )
 from .params import reclaim, register
+from .prototype import model_value, plate_sizes, trace_prototype
 from .quantiles import discrete_quantiles, unconstrained_quantiles
 from .structure import (
     AmortizeOn,
-    ArgumentLocation,
     DataPlate,
-    LatentSite,
     ModelStructure,
-    bind_arguments,
-    call_key,
-    locate_argument,
-    model_value,
-    plate_sizes,
     read_model,
-    trace_prototype,
     warn_if_nothing_to_amortize,
 )
 from .transforms import bijection_to, guard_saturation, saturation_bound
@@ -90,16 +91,6 @@ GLOBAL_INIT_SCALE = 0.1
 """Initial scale of global sites without ``init_scale``, as Pyro's ``AutoNormal``."""
 
 
-LOCAL_FAMILIES: dict[str, type[nn.Module]] = {
-    "normal": NormalHead,
-    "multivariate_normal": MultivariateNormalHead,
-    "lowrank_multivariate_normal": LowRankMultivariateNormalHead,
-    "delta": DeltaHead,
-    "normalizing_flow": FlowHead,
-}
-"""The families a local site can take, by name: the head class of each."""
-
-
 def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.device:
     """The device of the data: the first tensor among the data plates' inputs."""
     for plate in structure.data_plates.values():
@@ -107,11 +98,6 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
             if isinstance(arguments.get(name), torch.Tensor):
                 return arguments[name].device
     return torch.device("cpu")
-
-
-Family = str | Callable[..., nn.Module]
-"""A local site's family: a name from :data:`LOCAL_FAMILIES`, or a head
-constructor (see :ref:`writing-a-head`)."""
 
 
 LARGE_INPUT = 100.0
@@ -136,67 +122,6 @@ def _check_rows(plate: DataPlate, first: Any) -> None:
         raise ValueError(
             f"Argument '{plate.inputs[0]}' of plate '{plate.name}' has no rows in this "
             "call; pass at least one data point."
-        )
-
-
-def _check_site_families(site_families: Mapping[str, Family] | None) -> dict[str, Family]:
-    site_families = dict(site_families or {})
-    for site, family in site_families.items():
-        if not callable(family) and family not in LOCAL_FAMILIES:
-            raise ValueError(
-                f"site_families gives site '{site}' the family {family!r}. A family is "
-                f"one of {', '.join(LOCAL_FAMILIES)}, or a head: a callable "
-                "(num_features, shape, event_dim, *, init_loc, init_scale) -> nn.Module."
-            )
-    return site_families
-
-
-def _check_user_head(
-    head: Any, name: str, num_features: int, shape: torch.Size, event_dim: int
-) -> None:
-    """A user's head must be a module mapping features to a distribution over the
-    site's unconstrained values, one per data point."""
-    if not isinstance(head, nn.Module):
-        raise ValueError(
-            f"The head constructor of site '{name}' returned {type(head).__name__}; it "
-            "must return an nn.Module (so its parameters train and save with the guide)."
-        )
-    with torch.no_grad():
-        distribution = head(torch.zeros(2, num_features))
-    split = len(shape) - event_dim
-    expected = ((2, *shape[:split]), tuple(shape[split:]))
-    got = None
-    if isinstance(distribution, dist.Distribution):
-        got = (tuple(distribution.batch_shape), tuple(distribution.event_shape))
-    if got != expected:
-        raise ValueError(
-            f"The head of site '{name}' must map features of shape (batch, {num_features}) "
-            f"to a distribution over the unconstrained values with batch_shape "
-            f"{_shape_text(('batch', *shape[:split]))} and event_shape "
-            f"{_shape_text(shape[split:])}, but on a batch of 2 it returned "
-            f"{type(distribution).__name__}"
-            + ("" if got is None else f" with batch_shape {got[0]} and event_shape {got[1]}")
-            + "."
-        )
-
-
-def _shape_text(shape: Sequence) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _check_family_sites(site_families: dict[str, Family], structure: ModelStructure) -> None:
-    unknown = sorted(set(site_families) - set(structure.local_sites))
-    if unknown:
-        raise ValueError(
-            f"site_families names {unknown}, which are not local latent sites of the model. "
-            f"Its local sites are: {', '.join(structure.local_sites) or 'none'}."
-        )
-    discrete = sorted(name for name in site_families if structure.sites[name].discrete)
-    if discrete:
-        raise ValueError(
-            f"site_families names the discrete sites {discrete}; a discrete local site "
-            "always gets amortized logits (see enumerate_discrete). Remove them from "
-            "site_families."
         )
 
 
@@ -280,7 +205,8 @@ class AutoAmortizedGuide(AutoGuide):
         ``[0.001, 1]`` (``[0.001, 0.1]`` for the correlated families): the KL
         term of the ELBO starts near zero.
     :param site_families: family per local site, by name, overriding the
-        class's family: a name from :data:`LOCAL_FAMILIES`, for example
+        class's family: a name from
+        :data:`~pyro_amortized.families.LOCAL_FAMILIES`, for example
         ``{"z": "multivariate_normal"}``, or a head constructor of one's own
         (see :ref:`writing-a-head`).
     :param dependencies: which sites each local site's head reads besides the
@@ -348,7 +274,7 @@ class AutoAmortizedGuide(AutoGuide):
             )
         self._init_scale = None if init_scale is None else float(init_scale)
         self._check_options(amortize_on, encoder, hidden_dims, init_loc_fn)
-        self.site_families = _check_site_families(site_families)
+        self.site_families = check_site_families(site_families)
         self.dependencies = check_dependencies(dependencies)
         super().__init__(model, create_plates=create_plates)
         self.amortize_on = amortize_on
@@ -468,7 +394,7 @@ class AutoAmortizedGuide(AutoGuide):
         warn_if_nothing_to_amortize(structure)
         check_supervised_sites(self.supervise, structure.local_sites)
         self._check_encoder_plates(structure)
-        _check_family_sites(self.site_families, structure)
+        check_family_sites(self.site_families, structure)
         device = _data_device(structure, arguments)
         coupled = {}
         if self.dependencies == "model":
@@ -573,6 +499,9 @@ class AutoAmortizedGuide(AutoGuide):
     _family = "normal"
     """The family of local sites that ``site_families`` does not name."""
 
+    _family_options: Mapping[str, Mapping[str, Any]] = {}
+    """Per family name, the options a guide class gives its head class."""
+
     def _local_start(
         self, site: LatentSite, trace: Any, outer: frozenset
     ) -> tuple[torch.Tensor, float]:
@@ -580,7 +509,7 @@ class AutoAmortizedGuide(AutoGuide):
         where ``init_loc_fn`` or ``init_scale`` is not given."""
         node = trace.nodes[site.name]
         family = self.site_families.get(site.name, self._family)
-        correlated = family in ("multivariate_normal", "lowrank_multivariate_normal")
+        correlated = isinstance(family, str) and family in CORRELATED_FAMILIES
         max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
         loc, scale = prior_start(node, outer, self._transforms[site.name], max_scale)
         if not self._locals_from_prior:
@@ -592,25 +521,9 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> nn.Module:
         family = self.site_families.get(site.name, self._family)
         event_dim = len(site.unconstrained_event_shape)
-        if callable(family):
-            head = family(
-                num_features,
-                init_loc.shape,
-                event_dim,
-                init_loc=init_loc,
-                init_scale=init_scale,
-            )
-            _check_user_head(head, site.name, num_features, init_loc.shape, event_dim)
-            return head
-        options = {"init_loc": init_loc}
-        if family != "delta":
-            options["init_scale"] = init_scale
-        if family == "lowrank_multivariate_normal":
-            options["rank"] = getattr(self, "rank", None)
-        if family == "normalizing_flow":
-            options["flow"] = getattr(self, "flow", "spline")
-            options["num_flows"] = getattr(self, "num_flows", 2)
-        return LOCAL_FAMILIES[family](num_features, init_loc.shape, event_dim, **options)
+        return build_head(
+            family, site.name, num_features, init_loc, init_scale, event_dim, self._family_options
+        )
 
     def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
         return GlobalNormal(
@@ -1308,6 +1221,7 @@ class AutoAmortizedLowRankMultivariateNormal(AutoAmortizedGuide):
         if rank is not None and not (isinstance(rank, int) and rank > 0):
             raise ValueError(f"rank must be a positive integer or None, but got {rank!r}.")
         self.rank = rank
+        self._family_options = {"lowrank_multivariate_normal": {"rank": rank}}
         super().__init__(
             model,
             amortize_on=amortize_on,
@@ -1378,6 +1292,7 @@ class AutoAmortizedNormalizingFlow(AutoAmortizedGuide):
             raise ValueError(f"num_flows must be a positive integer, but got {num_flows!r}.")
         self.flow = flow
         self.num_flows = num_flows
+        self._family_options = {"normalizing_flow": {"flow": flow, "num_flows": num_flows}}
         super().__init__(
             model,
             amortize_on=amortize_on,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.distributions.transforms import Transform
 
-from .structure import model_value
+from .prototype import model_value
 
 PRIOR_DRAWS = 256
 """Draws from a local site's prior that set its head's start."""
@@ -42,7 +42,7 @@ def prior_start(
 
     :param node: the site in the prototype trace.
     :param outer: plates that enclosed the model call (see
-        :func:`~pyro_amortized.structure.model_value`).
+        :func:`~pyro_amortized.prototype.model_value`).
     :param transform: the site's bijection from unconstrained space.
     :param max_scale: the top of the initial scale's range (see
         :data:`CORRELATED_MAX_INIT_SCALE`).

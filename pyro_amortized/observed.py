@@ -32,7 +32,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from .structure import bind_arguments, holds_data, model_frames, model_value
+from .arguments import bind_arguments
+from .prototype import holds_data, model_frames, model_value
 
 
 def arguments_defaulting_to_none(model: Callable) -> frozenset[str]:

@@ -20,7 +20,8 @@ from pyro import poutine
 from pyro.infer.inspect import get_dependencies
 from torch.nn.functional import one_hot
 
-from .structure import LatentSite, ModelStructure
+from .latent_sites import LatentSite
+from .structure import ModelStructure
 
 Dependencies = str | Mapping[str, Sequence[str]]
 """``"model"`` (read what the posterior couples), ``"mean_field"`` (read

@@ -26,7 +26,7 @@ import torch
 from pyro import poutine
 from pyro.util import get_rng_state, set_rng_state
 
-from .structure import trace_prototype
+from .prototype import trace_prototype
 
 Weight = tuple[Any, Any]
 """A site's ``(scale, mask)``: a number or tensor, and ``None``, a bool or a tensor."""

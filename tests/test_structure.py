@@ -14,7 +14,9 @@ from pyro import poutine
 from pyro.infer.reparam import LatentStableReparam, LocScaleReparam, ProjectedNormalReparam
 
 from pyro_amortized import AutoAmortizedGuide, MLPEncoder
-from pyro_amortized.structure import bind_arguments, locate_argument, read_model, trace_prototype
+from pyro_amortized.arguments import bind_arguments, locate_argument
+from pyro_amortized.prototype import trace_prototype
+from pyro_amortized.structure import read_model
 
 
 def _structure(model, *args, amortize_on=None):

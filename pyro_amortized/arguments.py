@@ -1,0 +1,133 @@
+"""A model call's arguments by name: binding them, finding one in a later
+call, and a key of a call's shapes for caches."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Names each argument of a model call, as ``inspect.signature`` binds it.
+
+    An ``nn.Module`` model is bound through its ``forward``. Extra positional
+    arguments are named ``"<name>[i]"``, extra keyword arguments by their key.
+
+    Usage::
+
+        bind_arguments(model, (x,), {"y": y})   # {"x": x, "y": y}
+    """
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        signature = inspect.signature(target)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        named = {f"args[{i}]": value for i, value in enumerate(args)}
+        named.update(kwargs)
+        return named
+    bound.apply_defaults()
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            named.update({f"{name}[{i}]": item for i, item in enumerate(value)})
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
+
+
+@dataclass(frozen=True)
+class ArgumentLocation:
+    """Where a named argument sits in a call ``model(*args, **kwargs)``.
+
+    :param name: the argument's name (as :func:`bind_arguments` gives it).
+    :param position: its index in ``args``, or ``None`` if keyword-only.
+    :param keyword: its key in ``kwargs``, or ``None`` if positional-only.
+    :param default: its default value, or :attr:`inspect.Parameter.empty`.
+    """
+
+    name: str
+    position: int | None
+    keyword: str | None
+    default: Any = inspect.Parameter.empty
+
+    def fetch(self, args: tuple, kwargs: dict) -> Any:
+        """The argument's value in this call."""
+        if self.keyword is not None and self.keyword in kwargs:
+            return kwargs[self.keyword]
+        if self.position is not None and self.position < len(args):
+            return args[self.position]
+        if self.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"This call does not pass the model argument '{self.name}', which feeds "
+                "an encoder. Pass it, or choose other inputs with amortize_on=."
+            )
+        return self.default
+
+    def replace(self, args: tuple, kwargs: dict, value: Any) -> tuple[tuple, dict]:
+        """The call's arguments with this argument set to ``value``, where
+        :meth:`fetch` would read it (a keyword passed wins over a position)."""
+        positional = self.position is not None and self.position < len(args)
+        if positional and (self.keyword is None or self.keyword not in kwargs):
+            return args[: self.position] + (value,) + args[self.position + 1 :], kwargs
+        return args, {**kwargs, self.keyword: value}
+
+
+def locate_argument(model: Callable, name: str) -> ArgumentLocation:
+    """The :class:`ArgumentLocation` of an argument named by :func:`bind_arguments`."""
+    target = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    for index, parameter in enumerate(parameters):
+        kind = parameter.kind
+        if kind is inspect.Parameter.VAR_POSITIONAL and name.startswith(parameter.name + "["):
+            return ArgumentLocation(name, index + int(name[len(parameter.name) + 1 : -1]), None)
+        if parameter.name != name or kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        positional = kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+        keyword = kind is not inspect.Parameter.POSITIONAL_ONLY
+        return ArgumentLocation(
+            name,
+            index if positional else None,
+            name if keyword else None,
+            parameter.default,
+        )
+    if not parameters and name.startswith("args["):
+        return ArgumentLocation(name, int(name[5:-1]), None)
+    return ArgumentLocation(name, None, name)
+
+
+def call_key(args: tuple, kwargs: dict) -> tuple:
+    """A hashable key of a call's argument shapes and plain values: calls with
+    equal keys run the model's plates with equal sizes."""
+    return tuple(_value_key(value) for value in args) + tuple(
+        (name, _value_key(value)) for name, value in sorted(kwargs.items())
+    )
+
+
+def _value_key(value: Any) -> Any:
+    """A tensor by its shape, type and device; a tuple (a ``PackedSequence``, any
+    named tuple), list or dict by the keys of its items; another value by itself
+    where it hashes, else by its identity."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_value_key(item) for item in value))
+    if isinstance(value, dict):
+        return (dict, tuple((key, _value_key(item)) for key, item in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return id(value)
+    return value
