@@ -46,12 +46,12 @@ from .observed import (
     check_supervise,
     check_supervised_sites,
     observed_sources,
-    plates_with_data,
     sometimes_observed,
     supervised_term,
 )
 from .params import reclaim, register
-from .prototype import model_value, plate_sizes, trace_prototype
+from .plan import UNKNOWN, CallPlan
+from .prototype import model_value, trace_prototype
 from .quantiles import discrete_quantiles, unconstrained_quantiles
 from .structure import (
     AmortizeOn,
@@ -69,7 +69,7 @@ from .upstream import (
     per_point,
     upstream_sites,
 )
-from .weights import Weight, handler_weights, vary, weighted, weights_on_rows
+from .weights import Weight, vary, weighted, weights_on_rows
 
 _RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
 
@@ -292,18 +292,15 @@ class AutoAmortizedGuide(AutoGuide):
         self._transforms: dict[str, Transform] = {}
         # Where each bijection saturates: point estimates are kept inside.
         self._saturation_bounds: dict[str, float | None] = {}
-        self._plate_sizes: dict[tuple, dict[str, tuple[int, int]]] = {}
+        self._plans: dict[tuple, CallPlan] = {}  # per call signature (plan.py)
         # The model's scales and masks on guided sites, per call signature; read
         # on every call instead where they are tensors (see weights.py).
-        self._weights: dict[tuple, dict[str, Weight]] = {}
         self._weights_vary = False
         # Sites observed in some calls: the argument holding each one's values,
         # and those the guide has trained (sampled with gradients) latent.
         self._sources: dict[str, str] = {}
         self._trained_latent: set[str] = set()
         self._upstream: dict[str, tuple[str, ...]] = {}
-        # Per call signature, the plates in which the model observes data.
-        self._observing: dict[tuple, frozenset[str]] = {}
         self._generated_warned: set[str] = set()  # plates warned about once
         self._saturation_warned: set[str] = set()  # discrete sites warned about once
         self._ran_with_store = False  # whether the network has been in the param store
@@ -430,7 +427,7 @@ class AutoAmortizedGuide(AutoGuide):
         self.to(device)  # the network and the global parameters live with the data
         self._locations.update({name: locate_argument(self.model, name) for name in optional})
         self._remember_call(call_key(args, kwargs), trace, outer, args, kwargs)
-        self._weights_vary = vary(self._weights[call_key(args, kwargs)])
+        self._weights_vary = vary(self._plans[call_key(args, kwargs)].weights)
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
         (encoder,) = self._user_encoder
@@ -564,7 +561,7 @@ class AutoAmortizedGuide(AutoGuide):
         for plate in structure.data_plates.values():
             _check_rows(plate, self._input_values(plate, args, kwargs)[0])
         generated = self._generated_plates(args, kwargs)
-        sizes = self._call_plate_sizes(args, kwargs)
+        sizes = self._call_plan(args, kwargs).plate_sizes
         if every_row:
             sizes = {
                 name: (size, size if name in structure.data_plates else subsample_size)
@@ -592,8 +589,7 @@ class AutoAmortizedGuide(AutoGuide):
         posterior of their local sites is their prior, and the guide leaves
         those sites to the model. (No head reads a site of another data plate,
         see :mod:`pyro_amortized.upstream`.)"""
-        self._call_plate_sizes(args, kwargs)  # reads the call's model run
-        observing = self._observing.get(call_key(args, kwargs))
+        observing = self._call_plan(args, kwargs).observing
         if observing is None:  # a guide loaded from disk has no model to run
             return frozenset()
         generated = frozenset(
@@ -629,34 +625,30 @@ class AutoAmortizedGuide(AutoGuide):
         created = [created] if isinstance(created, pyro.plate) else list(created)
         return {plate.name: plate for plate in created}
 
-    def _call_plate_sizes(self, args: tuple, kwargs: dict) -> dict[str, tuple[int, int]]:
-        """The model's plate sizes for this call's argument shapes.
+    def _call_plan(self, args: tuple, kwargs: dict) -> CallPlan:
+        """The plan of this call's argument signature (see :mod:`pyro_amortized.plan`).
 
-        The first call of each argument signature runs the model once (cached),
-        so the guide's plates have the sizes and subsample sizes of the model's,
+        The first call of each signature runs the model once (cached), so the
+        guide's plates have the sizes and subsample sizes of the model's,
         whatever the model computes them from.
         """
         key = call_key(args, kwargs)
-        if key not in self._plate_sizes:
+        if key not in self._plans:
             if self._model is None:  # a guide loaded from disk has no model
-                self._plate_sizes[key], self._weights[key] = {}, {}
+                self._plans[key] = UNKNOWN
             else:
                 trace, outer = trace_prototype(self.model, self.init_loc_fn, args, kwargs)
                 self._remember_call(key, trace, outer, args, kwargs)
-        return self._plate_sizes[key]
+        return self._plans[key]
 
     def _remember_call(
         self, key: tuple, trace: Any, outer: frozenset, args: tuple, kwargs: dict
     ) -> None:
-        """Keeps the plate sizes and the site weights of a call signature, and
-        learns which argument holds a local site this call observes."""
-        if len(self._plate_sizes) >= _MAX_CACHED_CALLS:
-            self._plate_sizes.clear()
-            self._weights.clear()
-            self._observing.clear()
-        self._plate_sizes[key] = plate_sizes(trace, list(self._structure.frames))
-        self._observing[key] = plates_with_data(trace, outer)
-        self._weights[key] = handler_weights(trace, self._structure.sites)
+        """Keeps the plan of a call signature, and learns which argument holds a
+        local site this call observes."""
+        if len(self._plans) >= _MAX_CACHED_CALLS:
+            self._plans.clear()
+        self._plans[key] = CallPlan.read(trace, outer, self._structure)
         unknown = [name for name in self._structure.local_sites if name not in self._sources]
         learned = observed_sources(self.model, trace, outer, args, kwargs, unknown)
         for argument in learned.values():
@@ -720,7 +712,8 @@ class AutoAmortizedGuide(AutoGuide):
             return weights_on_rows(
                 self.model, self.init_loc_fn, args, kwargs, plates, self._structure.sites
             )
-        return self._weights.get(call_key(args, kwargs), {})
+        plan = self._plans.get(call_key(args, kwargs))
+        return {} if plan is None else plan.weights
 
     def _input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
         """The plate's inputs in this call, data points along their first axis."""
@@ -1097,7 +1090,7 @@ class AutoAmortizedGuide(AutoGuide):
         # AutoGuide, the model (often a local function) is not pickled, but
         # the live guide keeps it.
         state = PyroModule.__getstate__(self)
-        return {**state, "_model": None, "master": None, "_plate_sizes": {}, "_weights": {}}
+        return {**state, "_model": None, "master": None, "_plans": {}}
 
 
 class AutoAmortizedDelta(AutoAmortizedGuide):
