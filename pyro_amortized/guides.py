@@ -560,8 +560,9 @@ class AutoAmortizedGuide(AutoGuide):
         plates = self._given_plates(args, kwargs, every_row)
         for plate in structure.data_plates.values():
             _check_rows(plate, self._input_values(plate, args, kwargs)[0])
-        generated = self._generated_plates(args, kwargs)
-        sizes = self._call_plan(args, kwargs).plate_sizes
+        plan = self._call_plan(args, kwargs)
+        generated = self._generated_plates(plan, args, kwargs)
+        sizes = plan.plate_sizes
         if every_row:
             sizes = {
                 name: (size, size if name in structure.data_plates else subsample_size)
@@ -582,15 +583,17 @@ class AutoAmortizedGuide(AutoGuide):
                 plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=size)
         return plates
 
-    def _generated_plates(self, args: tuple, kwargs: dict) -> frozenset[str]:
+    def _generated_plates(self, plan: CallPlan, args: tuple, kwargs: dict) -> frozenset[str]:
         """The data plates in which the model observes nothing in this call and
         an encoder input is ``None`` (the targets ``ys`` of ``model(xs,
         ys=None)``, when predicting): the model generates their data, so the
         posterior of their local sites is their prior, and the guide leaves
         those sites to the model. (No head reads a site of another data plate,
         see :mod:`pyro_amortized.upstream`.)"""
-        observing = self._call_plan(args, kwargs).observing
-        if observing is None:  # a guide loaded from disk has no model to run
+        observing = plan.observing
+        # A guide loaded from disk has no model to run; most calls observe data
+        # in every data plate.
+        if observing is None or observing.issuperset(self._structure.data_plates):
             return frozenset()
         generated = frozenset(
             name
