@@ -426,8 +426,9 @@ class AutoAmortizedGuide(AutoGuide):
         self._structure = structure
         self.to(device)  # the network and the global parameters live with the data
         self._locations.update({name: locate_argument(self.model, name) for name in optional})
-        self._remember_call(call_key(args, kwargs), trace, outer, args, kwargs)
-        self._weights_vary = vary(self._plans[call_key(args, kwargs)].weights)
+        key = call_key(args, kwargs)
+        self._remember_call(key, trace, outer, args, kwargs)
+        self._weights_vary = vary(self._plans[key].weights)
 
     def _check_encoder_plates(self, structure: ModelStructure) -> None:
         (encoder,) = self._user_encoder
@@ -505,10 +506,11 @@ class AutoAmortizedGuide(AutoGuide):
         """A local head's initial location and scale: from the site's prior
         where ``init_loc_fn`` or ``init_scale`` is not given."""
         node = trace.nodes[site.name]
-        family = self.site_families.get(site.name, self._family)
-        correlated = isinstance(family, str) and family in CORRELATED_FAMILIES
-        max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
-        loc, scale = prior_start(node, outer, self._transforms[site.name], max_scale)
+        if self._locals_from_prior or self._init_scale is None:
+            family = self.site_families.get(site.name, self._family)
+            correlated = isinstance(family, str) and family in CORRELATED_FAMILIES
+            max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
+            loc, scale = prior_start(node, outer, self._transforms[site.name], max_scale)
         if not self._locals_from_prior:
             loc = self._init_unconstrained(site, node, outer).mean(0)
         return loc, scale if self._init_scale is None else self._init_scale
@@ -595,22 +597,22 @@ class AutoAmortizedGuide(AutoGuide):
         # in every data plate.
         if observing is None or observing.issuperset(self._structure.data_plates):
             return frozenset()
-        generated = frozenset(
-            name
+        missing = {
+            name: [i for i in plate.inputs if self._locations[i].fetch(args, kwargs) is None]
             for name, plate in self._structure.data_plates.items()
             if name not in observing
-            and any(self._locations[i].fetch(args, kwargs) is None for i in plate.inputs)
-        )
+        }
+        generated = frozenset(name for name, inputs in missing.items() if inputs)
         for name in generated - self._generated_warned:
             self._generated_warned.add(name)
             plate = self._structure.data_plates[name]
-            missing = [i for i in plate.inputs if self._locations[i].fetch(args, kwargs) is None]
             warnings.warn(
-                f"The model observes nothing in plate '{name}' in this call ({', '.join(missing)} "
+                f"The model observes nothing in plate '{name}' in this call "
+                f"({', '.join(missing[name])} "
                 f"None), so the guide leaves its local sites {list(plate.sites)} to the "
                 "model's prior, their posterior given no data, as for new data points. For "
                 "a posterior predictive of observed rows, give the guide their values: "
-                f"Predictive(model, guide=functools.partial(guide, {missing[0]}=...)).",
+                f"Predictive(model, guide=functools.partial(guide, {missing[name][0]}=...)).",
                 stacklevel=5,
             )
         return generated
@@ -693,6 +695,7 @@ class AutoAmortizedGuide(AutoGuide):
     def _supervise(
         self,
         site: LatentSite,
+        head: nn.Module,
         rows: torch.Tensor,
         features: torch.Tensor,
         plate: DataPlate,
@@ -701,7 +704,6 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> None:
         """The ``supervise`` term of an observed site: its head's log density of
         the observed rows, weighted."""
-        head = self._registered_network().heads[_module_key(site.name)]
         q = self._constrained(head(self._head_input(features, plate, site.name, read)), site)
         with self._inner_plates(site, plates):
             supervised_term(site.name, q, rows, self.supervise[site.name])
@@ -829,7 +831,8 @@ class AutoAmortizedGuide(AutoGuide):
                     if name in given:  # observed in this call: read, not sampled
                         rows = _given_rows(given[name], indices)
                         if name in self.supervise and torch.is_grad_enabled():
-                            self._supervise(site, rows, features, plate, read, plates)
+                            head = heads[_module_key(name)]
+                            self._supervise(site, head, rows, features, plate, read, plates)
                         read[name] = self._unconstrain(name, rows)
                         continue
                     if name in self._sources:

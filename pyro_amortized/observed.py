@@ -33,7 +33,7 @@ import torch
 from pyro import poutine
 
 from .arguments import bind_arguments
-from .prototype import holds_data, model_frames, model_value
+from .prototype import data_sites, model_frames, model_value
 
 
 def arguments_defaulting_to_none(model: Callable) -> frozenset[str]:
@@ -91,8 +91,7 @@ def sometimes_observed(
     optional = set(optional)
     sources = {
         name: source_argument(site, trace, arguments, outer)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and site["is_observed"] and holds_data(site)
+        for name, site in data_sites(trace).items()
     }
     always = [name for name, source in sources.items() if source not in optional]
     found = {}
@@ -114,10 +113,7 @@ def plates_with_data(trace: poutine.Trace, outer: frozenset[str]) -> frozenset[s
     sites is their prior.
     """
     return frozenset(
-        frame.name
-        for site in trace.nodes.values()
-        if site["type"] == "sample" and site["is_observed"] and holds_data(site)
-        for frame in model_frames(site, outer)
+        frame.name for site in data_sites(trace).values() for frame in model_frames(site, outer)
     )
 
 

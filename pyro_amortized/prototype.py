@@ -138,6 +138,15 @@ def holds_data(site: dict) -> bool:
     return not isinstance(fn, dist.Delta)
 
 
+def data_sites(trace: poutine.Trace) -> dict[str, dict]:
+    """The observed sites of a trace that hold data (see :func:`holds_data`), by name."""
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and holds_data(site)
+    }
+
+
 def plate_sizes(trace: poutine.Trace, names: Sequence[str]) -> dict[str, tuple[int, int]]:
     """The ``(size, subsample size)`` of the named plates in a trace of the model."""
     sizes = {}
