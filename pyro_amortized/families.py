@@ -1,4 +1,4 @@
-"""Families of local sites: which head a site gets, with its options.
+"""Families of latent sites: which head a site gets, with its options.
 
 A family is a name from :data:`LOCAL_FAMILIES` (a head class of this package,
 built with the options a guide class gives it: the low-rank family's rank, the
@@ -28,6 +28,12 @@ LOCAL_FAMILIES: dict[str, type[nn.Module]] = {
     "normalizing_flow": FlowHead,
 }
 """The families a local site can take, by name: the head class of each."""
+
+GLOBAL_FAMILIES = ("normal", "delta", "prior")
+"""The families a global site can take, by name: a Normal over its unconstrained
+value (:class:`~pyro_amortized.global_heads.GlobalNormal`), a point estimate
+(:class:`~pyro_amortized.global_heads.GlobalDelta`) or its prior's family
+(:class:`~pyro_amortized.global_heads.GlobalPriorFamily`)."""
 
 CORRELATED_FAMILIES = frozenset({"multivariate_normal", "lowrank_multivariate_normal"})
 """The families with a full or low-rank covariance (see
@@ -75,11 +81,12 @@ def build_head(
 def check_site_families(site_families: Mapping[str, Family] | None) -> dict[str, Family]:
     site_families = dict(site_families or {})
     for site, family in site_families.items():
-        if not callable(family) and family not in LOCAL_FAMILIES:
+        if not callable(family) and family not in {*LOCAL_FAMILIES, *GLOBAL_FAMILIES}:
             raise ValueError(
-                f"site_families gives site '{site}' the family {family!r}. A family is "
-                f"one of {', '.join(LOCAL_FAMILIES)}, or a head: a callable "
-                "(num_features, shape, event_dim, *, init_loc, init_scale) -> nn.Module."
+                f"site_families gives site '{site}' the family {family!r}. A local "
+                f"site's family is one of {', '.join(LOCAL_FAMILIES)}, or a head: a "
+                "callable (num_features, shape, event_dim, *, init_loc, init_scale) -> "
+                f"nn.Module; a global site's is one of {', '.join(GLOBAL_FAMILIES)}."
             )
     return site_families
 
@@ -118,12 +125,26 @@ def _shape_text(shape: Sequence) -> str:
 
 
 def check_family_sites(site_families: dict[str, Family], structure: ModelStructure) -> None:
-    unknown = sorted(set(site_families) - set(structure.local_sites))
+    unknown = sorted(set(site_families) - set(structure.local_sites) - set(structure.global_sites))
     if unknown:
         raise ValueError(
-            f"site_families names {unknown}, which are not local latent sites of the model. "
-            f"Its local sites are: {', '.join(structure.local_sites) or 'none'}."
+            f"site_families names {unknown}, which are not latent sites of the model. Its "
+            f"local sites are: {', '.join(structure.local_sites) or 'none'}; its global "
+            f"sites: {', '.join(structure.global_sites) or 'none'}."
         )
+    for name, family in site_families.items():
+        is_global = name in structure.global_sites
+        if is_global and (callable(family) or family not in GLOBAL_FAMILIES):
+            raise ValueError(
+                f"site_families gives the global site '{name}' the family {family!r}; a "
+                f"global site's family is one of {', '.join(GLOBAL_FAMILIES)}."
+            )
+        if not is_global and family == "prior":
+            raise ValueError(
+                f"site_families gives the local site '{name}' the family 'prior', which "
+                "is for global sites; a local site's family is one of "
+                f"{', '.join(LOCAL_FAMILIES)}."
+            )
     discrete = sorted(name for name in site_families if structure.sites[name].discrete)
     if discrete:
         raise ValueError(

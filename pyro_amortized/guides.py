@@ -9,6 +9,7 @@ parameters, as Pyro's AutoNormal / AutoDelta.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -38,7 +39,7 @@ from .families import (
     check_site_families,
 )
 from .flow_heads import FLOWS
-from .global_heads import GlobalDelta, GlobalNormal
+from .global_heads import GlobalDelta, GlobalNormal, GlobalPriorFamily
 from .initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE, prior_start
 from .latent_sites import LatentSite
 from .observed import (
@@ -204,11 +205,13 @@ class AutoAmortizedGuide(AutoGuide):
         spread of the site's prior in unconstrained space, clipped to
         ``[0.001, 1]`` (``[0.001, 0.1]`` for the correlated families): the KL
         term of the ELBO starts near zero.
-    :param site_families: family per local site, by name, overriding the
-        class's family: a name from
+    :param site_families: family per site, by name, overriding the class's
+        family. A local site's: a name from
         :data:`~pyro_amortized.families.LOCAL_FAMILIES`, for example
         ``{"z": "multivariate_normal"}``, or a head constructor of one's own
-        (see :ref:`writing-a-head`).
+        (see :ref:`writing-a-head`). A global site's: a name from
+        :data:`~pyro_amortized.families.GLOBAL_FAMILIES`, for example
+        ``{"topic_words": "prior"}`` for a Dirichlet posterior.
     :param dependencies: which sites each local site's head reads besides the
         data: ``"model"`` (default) reads the global sites and the local sites
         of its data plate sampled before it (in an inverse of the model's
@@ -421,8 +424,8 @@ class AutoAmortizedGuide(AutoGuide):
             self._build_plate(plate, structure, trace, outer, arguments, device)
         for name in structure.global_sites:
             site = structure.sites[name]
-            init = self._init_unconstrained(site, trace.nodes[name], outer)
-            setattr(self.global_params, _module_key(name), self._global_module(init, site))
+            module = self._global_module(site, trace.nodes[name], outer)
+            setattr(self.global_params, _module_key(name), module)
         self._structure = structure
         self.to(device)  # the network and the global parameters live with the data
         self._locations.update({name: locate_argument(self.model, name) for name in optional})
@@ -524,12 +527,20 @@ class AutoAmortizedGuide(AutoGuide):
             family, site.name, num_features, init_loc, init_scale, event_dim, self._family_options
         )
 
-    def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
-        return GlobalNormal(
-            self._full_size_init(init_loc, site),
-            GLOBAL_INIT_SCALE if self._init_scale is None else self._init_scale,
-            len(site.unconstrained_event_shape),
-        )
+    _global_family = "normal"
+    """The family of global sites that ``site_families`` does not name."""
+
+    def _global_module(self, site: LatentSite, node: dict, outer: frozenset) -> PyroModule:
+        family = self.site_families.get(site.name, self._global_family)
+        if family == "prior":
+            full_size = functools.partial(self._full_size, site=site)
+            return GlobalPriorFamily(node["fn"], self._transforms[site.name], full_size)
+        event_dim = len(site.unconstrained_event_shape)
+        init_loc = self._full_size(self._init_unconstrained(site, node, outer), event_dim, site)
+        if family == "delta":
+            return GlobalDelta(init_loc, event_dim)
+        scale = GLOBAL_INIT_SCALE if self._init_scale is None else self._init_scale
+        return GlobalNormal(init_loc, scale, event_dim)
 
     def _constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:
         if site.discrete is not None:
@@ -542,14 +553,14 @@ class AutoAmortizedGuide(AutoGuide):
         return TransformedDistribution(unconstrained, [transform])
 
     @staticmethod
-    def _full_size_init(init_loc: torch.Tensor, site: LatentSite) -> torch.Tensor:
-        """Repeats an initial value along subsampled plates to their full size."""
-        event_dim = len(site.unconstrained_event_shape)
+    def _full_size(init: torch.Tensor, event_dim: int, site: LatentSite) -> torch.Tensor:
+        """Repeats an initial value (with ``event_dim`` event dimensions) along
+        subsampled plates to their full size."""
         for frame in site.frames:
             full_size = frame.full_size or frame.size
             if full_size != frame.size:
-                init_loc = periodic_repeat(init_loc, full_size, frame.dim - event_dim).contiguous()
-        return init_loc
+                init = periodic_repeat(init, full_size, frame.dim - event_dim).contiguous()
+        return init
 
     # ------------------------------------------------------------------- calling
 
@@ -1118,7 +1129,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
         :func:`~pyro.infer.autoguide.initialization.init_to_median`, as for
         Pyro's ``AutoDelta``: point estimates that all start at zero can sit
         at a saddle (a factor model's codes and loadings, for one).
-    :param site_families: family per local site (see :class:`AutoAmortizedGuide`).
+    :param site_families: family per site (see :class:`AutoAmortizedGuide`).
     :param enumerate_discrete: enumeration of discrete local sites (see
         :class:`AutoAmortizedGuide`).
     :param callable create_plates: optional function returning plates to use.
@@ -1129,6 +1140,7 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
     """
 
     _family = "delta"
+    _global_family = "delta"
 
     def __init__(
         self,
@@ -1157,11 +1169,6 @@ class AutoAmortizedDelta(AutoAmortizedGuide):
             create_plates=create_plates,
             standardize_inputs=standardize_inputs,
             supervise=supervise,
-        )
-
-    def _global_module(self, init_loc: torch.Tensor, site: LatentSite) -> PyroModule:
-        return GlobalDelta(
-            self._full_size_init(init_loc, site), len(site.unconstrained_event_shape)
         )
 
 

@@ -644,10 +644,12 @@ def test_site_families_choose_a_family_per_local_site():
 
 
 def test_site_families_errors():
-    with pytest.raises(ValueError, match="family 'flowy'. A family is one of normal"):
+    with pytest.raises(ValueError, match="family 'flowy'. A local site's family is one of normal"):
         AutoAmortizedGuide(factor_model, site_families={"z": "flowy"})
-    guide = AutoAmortizedGuide(factor_model, site_families={"w": "delta"})
-    with pytest.raises(ValueError, match=r"names \['w'\], which are not local.*: z"):
+    guide = AutoAmortizedGuide(factor_model, site_families={"v": "delta"})
+    with pytest.raises(
+        ValueError, match=r"names \['v'\], which are not latent.*local sites are: z"
+    ):
         guide(factor_data(5))
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         AutoAmortizedLowRankMultivariateNormal(factor_model, rank=0)

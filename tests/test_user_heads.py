@@ -65,7 +65,7 @@ class _WrongShape(StudentTHead):
 @pytest.mark.parametrize(
     "family, message",
     [
-        ("student_t", "A family is one of normal"),
+        ("student_t", "A local site.s family is one of normal"),
         (_NotAModule, "must return an nn.Module"),
         (
             _WrongShape,

@@ -197,7 +197,9 @@ def run(
 
     :param guide_kind: ``"hand"`` (``parametrized_guide``) or ``"amortized"``
         (``AutoAmortizedGuide(model, hidden_dims=(hidden, hidden),
-        standardize_inputs=True, create_plates=documents_plate)``).
+        standardize_inputs=True, create_plates=documents_plate,
+        site_families=...)``: a point estimate of ``doc_topics`` and the
+        prior's family for the globals, as the program's guide).
     :param steps: SVI steps.
     :param batch_size: documents per step (the hand-written guide subsamples
         them; the model itself does not subsample).
@@ -228,7 +230,10 @@ def run(
             hidden_dims=(hidden, hidden),
             standardize_inputs=True,
             create_plates=documents_plate,
-            site_families={"doc_topics": "delta"},  # the program's point estimate
+            # The program's point estimate of doc_topics, and its conjugate
+            # families for the globals: a Normal over the unconstrained topic-word
+            # probabilities cannot fit their sparse Dirichlet posterior.
+            site_families={"doc_topics": "delta", "topic_weights": "prior", "topic_words": "prior"},
         )
     elbo = TraceEnum_ELBO(max_plate_nesting=2)
     svi = SVI(model, guide, ClippedAdam({"lr": learning_rate}), elbo)
