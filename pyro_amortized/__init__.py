@@ -1,14 +1,13 @@
 """pyro_amortized: amortized variational inference for Pyro models with local latents."""
 
 from .encoders import MLPEncoder
-from .guides import (
+from .family_guides import (
     AutoAmortizedDelta,
-    AutoAmortizedGuide,
     AutoAmortizedLowRankMultivariateNormal,
     AutoAmortizedMultivariateNormal,
-    AutoAmortizedNormal,
     AutoAmortizedNormalizingFlow,
 )
+from .guides import AutoAmortizedGuide, AutoAmortizedNormal
 from .iwae import LocalIWAE
 
 __all__ = [

@@ -60,7 +60,7 @@ class RefinedGuide(nn.Module):
         self, plate: DataPlate, args: tuple, kwargs: dict, indices: Any, size: Any
     ) -> torch.Tensor:
         features = self.features[plate.name]
-        rows = self.guide._input_values(plate, args, kwargs)[0].shape[0]
+        rows = self.guide._require_built().calls.input_values(plate, args, kwargs)[0].shape[0]
         if rows != features.shape[0]:
             raise ValueError(
                 f"This guide was refined for {features.shape[0]} rows of plate '{plate.name}', "
@@ -109,7 +109,7 @@ def refine(
     _check_positive(num_steps=num_steps, num_particles=num_particles)
     if not lr > 0:
         raise ValueError(f"lr must be positive, but got {lr!r}.")
-    structure = guide._require_structure()
+    structure = guide._require_built().structure
     _check_every_row(model, guide, args, kwargs)
     with torch.no_grad():
         features = {
@@ -453,7 +453,8 @@ def sbc(
     :param bins: histogram bins of the chi-square test.
     """
     _check_positive(num_simulations=num_simulations, num_samples=num_samples, bins=bins)
-    plate = guide._require_structure().data_plates[single_data_plate(guide, "The diagnostics take")]
+    plate_name = single_data_plate(guide, "The diagnostics take")
+    plate = guide._require_built().structure.data_plates[plate_name]
     location = locate_argument(guide.model, plate.inputs[0])
     condition = (
         {name: guide.median(*args, **kwargs)[name] for name in guide.global_sites}

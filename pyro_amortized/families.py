@@ -18,7 +18,6 @@ from torch import nn
 
 from .flow_heads import FlowHead
 from .heads import DeltaHead, LowRankMultivariateNormalHead, MultivariateNormalHead, NormalHead
-from .structure import ModelStructure
 
 LOCAL_FAMILIES: dict[str, type[nn.Module]] = {
     "normal": NormalHead,
@@ -122,33 +121,3 @@ def check_user_head(
 
 def _shape_text(shape: Sequence) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
-def check_family_sites(site_families: dict[str, Family], structure: ModelStructure) -> None:
-    unknown = sorted(set(site_families) - set(structure.local_sites) - set(structure.global_sites))
-    if unknown:
-        raise ValueError(
-            f"site_families names {unknown}, which are not latent sites of the model. Its "
-            f"local sites are: {', '.join(structure.local_sites) or 'none'}; its global "
-            f"sites: {', '.join(structure.global_sites) or 'none'}."
-        )
-    for name, family in site_families.items():
-        is_global = name in structure.global_sites
-        if is_global and (callable(family) or family not in GLOBAL_FAMILIES):
-            raise ValueError(
-                f"site_families gives the global site '{name}' the family {family!r}; a "
-                f"global site's family is one of {', '.join(GLOBAL_FAMILIES)}."
-            )
-        if not is_global and family == "prior":
-            raise ValueError(
-                f"site_families gives the local site '{name}' the family 'prior', which "
-                "is for global sites; a local site's family is one of "
-                f"{', '.join(LOCAL_FAMILIES)}."
-            )
-    discrete = sorted(name for name in site_families if structure.sites[name].discrete)
-    if discrete:
-        raise ValueError(
-            f"site_families names the discrete sites {discrete}; a discrete local site "
-            "always gets amortized logits (see enumerate_discrete). Remove them from "
-            "site_families."
-        )

@@ -231,7 +231,7 @@ def _data_plate(guide: Any, args: tuple, kwargs: dict) -> str:
             "LocalIWAE needs an amortized guide of pyro_amortized (it reads the data plate "
             f"from it), but got {type(guide).__name__}."
         )
-    if guide._structure is None:
+    if guide._built is None:
         with poutine.block():
             guide(*args, **kwargs)
     return single_data_plate(guide, "LocalIWAE weighs")

@@ -22,8 +22,44 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.nn import PyroModule
 from pyro.params.param_store import param_with_module_name
 from torch import nn
+
+_RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
+
+
+def module_key(name: str) -> str:
+    """The ``nn.Module`` attribute name of a site's head or parameters, or of a
+    plate's encoder: injective, and never one of the containers' own attributes
+    (``"items"``, ``"training"``)."""
+    key = name.replace("%", "%25").replace(".", "%2E") or "%00"
+    return "%" + key if key in _RESERVED else key
+
+
+def register_run(
+    guide: PyroModule, network: nn.Module, global_params: nn.Module, *, first: bool
+) -> bool:
+    """Registers a guide's parameters with Pyro for one run, where Pyro's global
+    param store holds them: the network's (see :func:`register`), and, after
+    the first run, the guide's own global parameters put back (see
+    :func:`reclaim`).
+
+    :param guide: the guide, a :class:`~pyro.nn.PyroModule`.
+    :param network: its inference network.
+    :param global_params: its module of global parameters.
+    :param first: whether this is the guide's first run with the store.
+    :returns: whether the network was registered here (otherwise the guide's
+        module-local parameters, or a run outside Pyro's handlers, leave it to
+        :class:`~pyro.nn.PyroModule`).
+    """
+    in_store = not pyro.settings.get("module_local_params")
+    if not first and in_store:
+        reclaim(global_params, guide._pyro_get_fullname("global_params"))
+    if not guide._pyro_context.active or not in_store:
+        return False
+    register(network, guide._pyro_get_fullname("network"), adopt=first)
+    return True
 
 
 def register(network: nn.Module, prefix: str, *, adopt: bool) -> None:

@@ -2,22 +2,138 @@
 
 Calls whose arguments have equal shapes and plain values (see
 :func:`~pyro_amortized.arguments.call_key`) run the model's plates with equal
-sizes, weight its sites with the same scales and masks (where they are numbers)
-and observe data in the same plates. The guide reads these once per signature,
-from one run of the model, and keeps them in a :class:`CallPlan`.
+sizes, weight its sites with the same scales and masks (where they are numbers),
+observe data in the same plates and observe the same sometimes-observed sites.
+The guide reads these once per signature, from one run of the model, and keeps
+them in a :class:`CallPlan` with the ordered steps of its sites.
+
+:func:`run_plan` is the data path of one call, in this order:
+
+1. each global site, from its per-site parameters;
+2. per data plate the model observes data in: the plate's minibatch rows of
+   its inputs, through its encoder, to features;
+3. per local site of the plate, in the plan's order (an inverse of the model's:
+   discrete sites first, children before parents): a site observed in the
+   call is read from its argument; a latent one's head maps the features and
+   the values of the sites it reads to a distribution over its unconstrained
+   value, which the site's bijection maps to its support.
+
+Training, test-time encoding, medians and quantiles, refinement and the
+diagnostics run this one loop, each with its own :class:`PlanVisitor`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
 
+import torch
 from pyro import poutine
 
+from .latent_sites import LatentSite
 from .observed import plates_with_data
+from .params import module_key
 from .prototype import plate_sizes
-from .structure import ModelStructure
+from .structure import DataPlate, ModelStructure
 from .weights import Weight, handler_weights
+
+
+@dataclass(frozen=True)
+class SiteStep:
+    """One latent site of a call.
+
+    :param site: the site.
+    :param key: the module key of its head (a local site) or its parameters (a
+        global one).
+    :param reads: the sites its head reads besides the data, by name.
+    :param observed: observed in this call: read from its argument, not sampled.
+    :param supervise: the weight of its ``supervise`` term, if any.
+    """
+
+    site: LatentSite
+    key: str
+    reads: tuple[str, ...] = ()
+    observed: bool = False
+    supervise: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+
+@dataclass(frozen=True)
+class PlateStep:
+    """A data plate of a call: its encoder and its local sites in order."""
+
+    plate: DataPlate
+    key: str
+    sites: tuple[SiteStep, ...]
+
+
+def site_steps(
+    structure: ModelStructure,
+    upstream: Mapping[str, tuple[str, ...]],
+    supervise: Mapping[str, float],
+    observed: Iterable[str] = (),
+    skipped: Iterable[str] = (),
+) -> tuple[tuple[SiteStep, ...], tuple[PlateStep, ...]]:
+    """The ordered steps of a call: the global sites, then per data plate (but
+    the ``skipped`` ones) its local sites, the ``observed`` ones marked."""
+    observed, skipped = frozenset(observed), frozenset(skipped)
+    globals_ = tuple(
+        SiteStep(structure.sites[name], module_key(name)) for name in structure.global_sites
+    )
+    plates = tuple(
+        PlateStep(
+            plate,
+            module_key(plate.name),
+            tuple(
+                SiteStep(
+                    structure.sites[name],
+                    module_key(name),
+                    tuple(upstream.get(name, ())),
+                    observed=name in observed,
+                    supervise=supervise.get(name),
+                )
+                for name in plate.sites
+            ),
+        )
+        for plate in structure.data_plates.values()
+        if plate.name not in skipped
+    )
+    return globals_, plates
+
+
+class PlanVisitor(Protocol):
+    """What a run of the plan does at each step (see :func:`run_plan`)."""
+
+    def global_site(self, step: SiteStep) -> None: ...
+
+    def data_plate(self, step: PlateStep) -> AbstractContextManager[torch.Tensor]:
+        """Enters the plate; gives its rows' features."""
+        ...
+
+    def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None: ...
+
+    def local_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None: ...
+
+
+def run_plan(
+    steps: tuple[tuple[SiteStep, ...], tuple[PlateStep, ...]], visitor: PlanVisitor
+) -> None:
+    """One call of the guide: its steps in order (see the module's docstring)."""
+    globals_, plates = steps
+    for step in globals_:
+        visitor.global_site(step)
+    for plate in plates:
+        with visitor.data_plate(plate) as features:
+            for step in plate.sites:
+                if step.observed:
+                    visitor.observed_site(step, plate, features)
+                else:
+                    visitor.local_site(step, plate, features)
 
 
 @dataclass(frozen=True)
@@ -30,11 +146,13 @@ class CallPlan:
         on every call where they are tensors, see :mod:`pyro_amortized.weights`).
     :param observing: the plates in which the model observes data, or ``None``
         where the guide has no model to run (loaded from disk).
+    :param steps: the call's ordered steps (see :func:`site_steps`), once known.
     """
 
     plate_sizes: Mapping[str, tuple[int, int]]
     weights: Mapping[str, Weight]
     observing: frozenset[str] | None
+    steps: tuple[tuple[SiteStep, ...], tuple[PlateStep, ...]] | None = field(default=None)
 
     @classmethod
     def read(

@@ -295,7 +295,7 @@ def mirrored_guide(guide):
     """The amortized guide's own distributions, hand-weighted as the model."""
 
     def hand_written(x, mask):
-        q_loc = guide._global_unconstrained()["loc"]
+        q_loc = guide.global_params.loc.forward()
         q_z = guide.encode(x, mask)["z"]
         with poutine.scale(scale=0.3):
             loc = pyro.sample("loc", q_loc)

@@ -1,0 +1,414 @@
+"""Building a guide from the model, on its first call.
+
+The model is read (:mod:`pyro_amortized.structure`); then each data plate gets
+its encoder and each of its local sites a head of the site's family, started at
+the site's prior (:mod:`pyro_amortized.initialization`); each global site gets
+per-site parameters of its family (:mod:`pyro_amortized.global_heads`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pyro.infer.autoguide.initialization import init_to_feasible
+from pyro.nn import PyroModule
+from pyro.ops.tensor_utils import periodic_repeat
+from torch import nn
+
+from .arguments import bind_arguments, locate_argument
+from .calls import CallReader
+from .discrete_heads import DiscreteHead
+from .encoders import MLPEncoder, StandardizingEncoder, encode_features, plate_inputs
+from .families import (
+    CORRELATED_FAMILIES,
+    GLOBAL_FAMILIES,
+    LOCAL_FAMILIES,
+    Family,
+    build_head,
+    check_site_families,
+)
+from .global_heads import GlobalDelta, GlobalNormal, GlobalPriorFamily
+from .initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE, prior_start
+from .latent_sites import LatentSite
+from .observed import (
+    arguments_defaulting_to_none,
+    check_supervise,
+    check_supervised_sites,
+    sometimes_observed,
+)
+from .params import module_key
+from .prototype import model_value, trace_prototype
+from .sampling import SiteSampler, is_identity
+from .structure import (
+    AmortizeOn,
+    DataPlate,
+    ModelStructure,
+    read_model,
+    warn_if_nothing_to_amortize,
+)
+from .transforms import bijection_to, saturation_bound
+from .upstream import (
+    Dependencies,
+    check_dependencies,
+    coupled_sites,
+    per_point,
+    upstream_sites,
+)
+
+SIZING_ROWS = 8
+"""Rows the encoder runs on when the guide is built, to learn its feature size."""
+
+GLOBAL_INIT_SCALE = 0.1
+"""Initial scale of global sites without ``init_scale``, as Pyro's ``AutoNormal``."""
+
+LARGE_INPUT = 100.0
+"""Magnitude of an input to the default encoder above which the guide warns
+that it should be standardized."""
+
+
+@dataclass(frozen=True)
+class GuideOptions:
+    """What a guide's options ask of its build (see
+    :class:`~pyro_amortized.AutoAmortizedGuide` for each)."""
+
+    amortize_on: AmortizeOn
+    encoder: nn.Module | Mapping[str, nn.Module] | None
+    hidden_dims: tuple[int, ...]
+    init_loc_fn: Callable
+    locals_from_prior: bool
+    init_scale: float | None
+    site_families: Mapping[str, Family]
+    family: Family
+    global_family: str
+    family_options: Mapping[str, Mapping[str, Any]]
+    dependencies: Dependencies
+    enumerate_discrete: str | None
+    standardize_inputs: bool
+    supervise: Mapping[str, float]
+    jacobian: bool
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        amortize_on: Any,
+        encoder: Any,
+        hidden_dims: Any,
+        init_loc_fn: Any,
+        init_scale: Any,
+        site_families: Any,
+        dependencies: Any,
+        enumerate_discrete: Any,
+        standardize_inputs: Any,
+        supervise: Any,
+        **family: Any,
+    ) -> GuideOptions:
+        """The options of a guide, checked; ``family`` gives the class's
+        ``family``, ``global_family``, ``family_options`` and ``jacobian``.
+
+        :raises ValueError: where an option is not one a guide takes.
+        """
+        supervise = check_supervise(supervise)
+        if amortize_on is not None and not isinstance(amortize_on, (str, Sequence, Mapping)):
+            raise ValueError(
+                "amortize_on must be an argument name, a list of names or a mapping "
+                f"{{plate name: [names]}}, but got {type(amortize_on).__name__}."
+            )
+        if encoder is not None and not isinstance(encoder, (nn.Module, Mapping)):
+            raise ValueError(
+                "encoder must be an nn.Module or a mapping {plate name: nn.Module}, "
+                f"but got {type(encoder).__name__}."
+            )
+        if isinstance(encoder, Mapping) and not all(
+            isinstance(module, nn.Module) for module in encoder.values()
+        ):
+            raise ValueError("Every value of the encoder mapping must be an nn.Module.")
+        MLPEncoder(hidden_dims)  # validates hidden_dims
+        if init_loc_fn is not None and not callable(init_loc_fn):
+            raise ValueError(f"init_loc_fn must be callable or None, but got {init_loc_fn!r}.")
+        if init_scale is not None and (
+            not isinstance(init_scale, (int, float)) or not init_scale > 0
+        ):
+            raise ValueError(
+                f"init_scale must be a positive number or None, but got {init_scale!r}."
+            )
+        if enumerate_discrete not in (None, "parallel", "sequential"):
+            raise ValueError(
+                "enumerate_discrete must be None, 'parallel' or 'sequential', but got "
+                f"{enumerate_discrete!r}."
+            )
+        if not isinstance(standardize_inputs, bool):
+            raise ValueError(
+                f"standardize_inputs must be True or False, but got {standardize_inputs!r}."
+            )
+        return cls(
+            amortize_on=amortize_on,
+            encoder=encoder,
+            hidden_dims=tuple(hidden_dims),
+            # Without init_loc_fn, local heads start at their priors (initialization.py).
+            init_loc_fn=init_to_feasible if init_loc_fn is None else init_loc_fn,
+            locals_from_prior=init_loc_fn is None,
+            init_scale=None if init_scale is None else float(init_scale),
+            site_families=check_site_families(site_families),
+            dependencies=check_dependencies(dependencies),
+            enumerate_discrete=enumerate_discrete,
+            standardize_inputs=standardize_inputs,
+            supervise=supervise,
+            **family,
+        )
+
+
+@dataclass(frozen=True)
+class BuiltGuide:
+    """What a guide knows of its model: its structure, how to read a call, how
+    to sample a site, and the device of its data."""
+
+    structure: ModelStructure
+    calls: CallReader
+    sampler: SiteSampler
+    device: torch.device
+
+    def without_plans(self) -> BuiltGuide:
+        """A copy that keeps no plans of calls (for pickling)."""
+        calls = copy.copy(self.calls)
+        calls.plans = {}
+        return dataclasses.replace(self, calls=calls)
+
+
+@dataclass
+class GuideModules:
+    """A guide's modules, keyed by :func:`~pyro_amortized.params.module_key`:
+    an encoder per data plate, a head per local site, parameters per global site."""
+
+    encoders: dict[str, nn.Module] = field(default_factory=dict)
+    heads: dict[str, nn.Module] = field(default_factory=dict)
+    global_modules: dict[str, PyroModule] = field(default_factory=dict)
+
+
+def build_guide(
+    model: Callable, options: GuideOptions, args: tuple, kwargs: dict
+) -> tuple[BuiltGuide, GuideModules]:
+    """Reads the model on a call's arguments and builds the guide's parts."""
+    trace, outer = trace_prototype(model, options.init_loc_fn, args, kwargs)
+    arguments = bind_arguments(model, args, kwargs)
+    optional = arguments_defaulting_to_none(model)
+    sources = sometimes_observed(trace, outer, arguments, optional)
+    structure = read_model(trace, outer, arguments, options.amortize_on, sources)
+    warn_if_nothing_to_amortize(structure)
+    check_supervised_sites(options.supervise, structure.local_sites)
+    _check_encoder_plates(options.encoder, structure)
+    check_family_sites(options.site_families, structure)
+    coupled = {}
+    if options.dependencies == "model":
+        # Read with the sometimes-observed sites latent, as they are coupled.
+        unobserved = args, kwargs
+        for argument in set(sources.values()):
+            unobserved = locate_argument(model, argument).replace(*unobserved, None)
+        coupled = coupled_sites(model, *unobserved)
+    upstream = upstream_sites(structure, options.dependencies, coupled)
+    sampler = _site_sampler(structure, trace, options)
+    names = set(optional)
+    for plate in structure.data_plates.values():
+        names.update(plate.inputs + ((plate.indices,) if plate.indices else ()))
+    locations = {name: locate_argument(model, name) for name in names}
+    calls = CallReader(structure, upstream, options.supervise, locations, sources)
+    device = _data_device(structure, arguments)
+    built, modules = BuiltGuide(structure, calls, sampler, device), GuideModules()
+    for plate in structure.data_plates.values():
+        _build_plate(built, modules, plate, options, (trace, outer), arguments)
+    for name in structure.global_sites:
+        module = _global_module(structure.sites[name], trace.nodes[name], outer, options, sampler)
+        modules.global_modules[module_key(name)] = module
+    calls.plan(model, options.init_loc_fn, args, kwargs, prototype=(trace, outer))
+    return built, modules
+
+
+def _site_sampler(structure: ModelStructure, trace: Any, options: GuideOptions) -> SiteSampler:
+    transforms = {
+        name: bijection_to(site.support)
+        for name, site in structure.sites.items()
+        if site.discrete is None
+    }
+    bounds = {
+        name: saturation_bound(
+            transform,
+            structure.sites[name].unconstrained_event_shape,
+            trace.nodes[name]["value"].dtype,
+        )
+        for name, transform in transforms.items()
+        if not is_identity(transform)
+    }
+    return SiteSampler(
+        transforms,
+        bounds,
+        jacobian=options.jacobian,
+        enumerate_discrete=options.enumerate_discrete,
+    )
+
+
+def _check_encoder_plates(encoder: Any, structure: ModelStructure) -> None:
+    if isinstance(encoder, Mapping):
+        unknown = set(encoder) - set(structure.data_plates)
+        if unknown:
+            raise ValueError(
+                f"encoder names plates {sorted(unknown)}, which are not data plates "
+                f"of the model. Its data plates are: {sorted(structure.data_plates)}."
+            )
+
+
+def _plate_encoder(options: GuideOptions, plate: str) -> nn.Module:
+    encoder = options.encoder
+    if isinstance(encoder, Mapping):
+        encoder = encoder.get(plate)
+    # Explicit None: an empty nn.Sequential is a valid encoder but is falsy.
+    return MLPEncoder(options.hidden_dims) if encoder is None else encoder
+
+
+def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.device:
+    """The device of the data: the first tensor among the data plates' inputs."""
+    for plate in structure.data_plates.values():
+        for name in plate.inputs:
+            if isinstance(arguments.get(name), torch.Tensor):
+                return arguments[name].device
+    return torch.device("cpu")
+
+
+def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
+    largest = max(float(value.abs().max()) if value.numel() else 0.0 for value in inputs)
+    if largest > LARGE_INPUT:
+        warnings.warn(
+            f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f}. "
+            "An encoder fed unscaled inputs can throw its outputs far in its first steps "
+            "(NaN losses, diverged parameters). Pass standardize_inputs=True, or an "
+            "encoder= that scales them (for example log1p for counts).",
+            stacklevel=5,
+        )
+
+
+def _build_plate(
+    built: BuiltGuide,
+    modules: GuideModules,
+    plate: DataPlate,
+    options: GuideOptions,
+    prototype: tuple[Any, frozenset],
+    arguments: dict[str, Any],
+) -> None:
+    """A data plate's encoder, and the heads of its local sites."""
+    trace, outer = prototype
+    encoder = _plate_encoder(options, plate.name)
+    values = plate.rows_first([arguments[name] for name in plate.inputs])
+    inputs = plate_inputs(plate, values, None, None)
+    if options.standardize_inputs:
+        encoder = StandardizingEncoder(encoder, inputs)
+    elif isinstance(encoder, MLPEncoder):
+        _warn_if_large(plate, inputs)
+    encoder = encoder.to(built.device)
+    with torch.no_grad():  # a few rows tell the feature size (and set lazy layers up)
+        features = encode_features(encoder, tuple(value[:SIZING_ROWS] for value in inputs))
+    modules.encoders[module_key(plate.name)] = encoder
+    structure, upstream = built.structure, built.calls.upstream
+    for name in plate.sites:
+        site = structure.sites[name]
+        values = {
+            u: built.sampler.unconstrain(u, model_value(trace.nodes[u], outer))
+            for u in upstream.get(name, ())
+        }
+        pieces = [per_point(values[u], structure.sites[u], plate.dim) for u in values]
+        num_features = features.shape[-1] + sum(piece.shape[-1] for piece in pieces)
+        if site.discrete is not None:
+            head = DiscreteHead(
+                num_features,
+                site.point_batch_shape + site.event_shape,
+                site.event_dim,
+                kind=site.discrete,
+                num_categories=site.num_categories,
+            )
+        else:
+            loc, scale = _local_start(site, trace.nodes[name], outer, options, built.sampler)
+            family = options.site_families.get(name, options.family)
+            event_dim = len(site.unconstrained_event_shape)
+            head = build_head(
+                family, name, num_features, loc, scale, event_dim, options.family_options
+            )
+        modules.heads[module_key(name)] = head
+
+
+def _local_start(
+    site: LatentSite, node: dict, outer: frozenset, options: GuideOptions, sampler: SiteSampler
+) -> tuple[torch.Tensor, float]:
+    """A local head's initial location and scale: from the site's prior where
+    ``init_loc_fn`` or ``init_scale`` is not given."""
+    transform = sampler.transforms[site.name]
+    if options.locals_from_prior or options.init_scale is None:
+        family = options.site_families.get(site.name, options.family)
+        correlated = isinstance(family, str) and family in CORRELATED_FAMILIES
+        max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
+        loc, scale = prior_start(node, outer, transform, max_scale)
+    if not options.locals_from_prior:
+        loc = transform.inv(model_value(node, outer).detach()).detach().mean(0)
+    return loc, scale if options.init_scale is None else options.init_scale
+
+
+def _global_module(
+    site: LatentSite, node: dict, outer: frozenset, options: GuideOptions, sampler: SiteSampler
+) -> PyroModule:
+    """A global site's parameters, of its family."""
+    family = options.site_families.get(site.name, options.global_family)
+    transform = sampler.transforms[site.name]
+    if family == "prior":
+        full_size = functools.partial(_full_size, site=site)
+        return GlobalPriorFamily(node["fn"], transform, full_size)
+    event_dim = len(site.unconstrained_event_shape)
+    init_loc = transform.inv(model_value(node, outer).detach()).detach()
+    init_loc = _full_size(init_loc, event_dim, site)
+    if family == "delta":
+        return GlobalDelta(init_loc, event_dim)
+    scale = GLOBAL_INIT_SCALE if options.init_scale is None else options.init_scale
+    return GlobalNormal(init_loc, scale, event_dim)
+
+
+def _full_size(init: torch.Tensor, event_dim: int, site: LatentSite) -> torch.Tensor:
+    """Repeats an initial value (with ``event_dim`` event dimensions) along
+    subsampled plates to their full size."""
+    for frame in site.frames:
+        full_size = frame.full_size or frame.size
+        if full_size != frame.size:
+            init = periodic_repeat(init, full_size, frame.dim - event_dim).contiguous()
+    return init
+
+
+def check_family_sites(site_families: dict[str, Family], structure: ModelStructure) -> None:
+    unknown = sorted(set(site_families) - set(structure.local_sites) - set(structure.global_sites))
+    if unknown:
+        raise ValueError(
+            f"site_families names {unknown}, which are not latent sites of the model. Its "
+            f"local sites are: {', '.join(structure.local_sites) or 'none'}; its global "
+            f"sites: {', '.join(structure.global_sites) or 'none'}."
+        )
+    for name, family in site_families.items():
+        is_global = name in structure.global_sites
+        if is_global and (callable(family) or family not in GLOBAL_FAMILIES):
+            raise ValueError(
+                f"site_families gives the global site '{name}' the family {family!r}; a "
+                f"global site's family is one of {', '.join(GLOBAL_FAMILIES)}."
+            )
+        if not is_global and family == "prior":
+            raise ValueError(
+                f"site_families gives the local site '{name}' the family 'prior', which "
+                "is for global sites; a local site's family is one of "
+                f"{', '.join(LOCAL_FAMILIES)}."
+            )
+    discrete = sorted(name for name in site_families if structure.sites[name].discrete)
+    if discrete:
+        raise ValueError(
+            f"site_families names the discrete sites {discrete}; a discrete local site "
+            "always gets amortized logits (see enumerate_discrete). Remove them from "
+            "site_families."
+        )

@@ -1,0 +1,173 @@
+"""The two ways of running a call's plan (see :func:`~pyro_amortized.plan.run_plan`).
+
+:class:`SamplingPass` samples the guide's sites inside the call's plates, as
+``SVI``, ``Predictive`` and the diagnostics run it. :class:`PosteriorPass` reads
+each site's proposal for every row at once, outside Pyro's handlers, with heads
+reading the medians of the sites upstream: ``encode``, ``median`` and
+``quantiles``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .building import BuiltGuide
+from .calls import CallReader, given_rows
+from .latent_sites import LatentSite
+from .observed import supervised_term
+from .plan import PlateStep, SiteStep, run_plan, site_steps
+from .sampling import SiteSampler
+from .upstream import head_input, per_point
+from .weights import Weight, weighted
+
+FeaturesOf = Callable[..., torch.Tensor]
+"""``features_of(plate, args, kwargs, indices, size)``: the features of a data
+plate's rows ``indices`` (every row for ``None``)."""
+
+
+def inner_plates(site: LatentSite, plates: Mapping[str, pyro.plate]) -> ExitStack:
+    """Enters the site's plates other than its data plate (entered by the caller)."""
+    stack = ExitStack()
+    for frame in site.frames:
+        if frame.name != site.data_plate:
+            stack.enter_context(plates[frame.name])
+    return stack
+
+
+class _Pass:
+    """What both passes share: the call, the guide's parts, the values read."""
+
+    def __init__(
+        self,
+        calls: CallReader,
+        sampler: SiteSampler,
+        heads: nn.ModuleDict,
+        global_params: nn.Module,
+        features_of: FeaturesOf,
+        call: tuple[tuple, dict],
+    ) -> None:
+        self.calls = calls
+        self.sampler = sampler
+        self.heads = heads
+        self.global_params = global_params
+        self.features_of = features_of
+        self.args, self.kwargs = call
+        self.given = calls.given(*call)
+        self.read: dict[str, torch.Tensor] = {}  # unconstrained, as heads read them
+
+    def _proposal(self, step: SiteStep, plate: PlateStep, features: torch.Tensor):
+        sites = self.calls.structure.sites
+        pieces = [per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads]
+        return self.heads[step.key](head_input(features, pieces))
+
+
+class SamplingPass(_Pass):
+    """Samples every site the guide covers in the call's ``plates``, each with
+    the model's scale and mask (``weights``); :attr:`values` holds the samples.
+
+    :param plates: the call's plates.
+    :param weights: the model's weights of the guided sites in this call.
+    """
+
+    def __init__(
+        self,
+        *parts: Any,
+        plates: dict[str, pyro.plate],
+        weights: Mapping[str, Weight],
+    ) -> None:
+        super().__init__(*parts)
+        self.plates = plates
+        self.weights = weights
+        self.values: dict[str, torch.Tensor] = {}
+        self.indices: torch.Tensor | None = None
+
+    def global_site(self, step: SiteStep) -> None:
+        with inner_plates(step.site, self.plates), weighted(self.weights.get(step.name)):
+            # Inside the plates: the parameters are subsampled along them.
+            proposal = getattr(self.global_params, step.key)()
+            self.values[step.name], self.read[step.name] = self.sampler.sample(step.site, proposal)
+
+    @contextmanager
+    def data_plate(self, step: PlateStep) -> Iterator[torch.Tensor]:
+        plate = self.plates[step.plate.name]
+        with plate as indices:
+            self.indices = indices
+            yield self.features_of(step.plate, self.args, self.kwargs, indices, plate.size)
+
+    def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
+        rows = given_rows(self.given[step.name], self.indices)
+        if step.supervise is not None and torch.is_grad_enabled():
+            proposal = self.sampler.constrained(self._proposal(step, plate, features), step.site)
+            with inner_plates(step.site, self.plates):
+                supervised_term(step.name, proposal, rows, step.supervise)
+        self.read[step.name] = self.sampler.unconstrain(step.name, rows)
+
+    def local_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
+        if step.name in self.calls.sources:
+            self.calls.check_trained_latent(step.name, training=torch.is_grad_enabled())
+        with inner_plates(step.site, self.plates), weighted(self.weights.get(step.name)):
+            proposal = self._proposal(step, plate, features)
+            self.values[step.name], self.read[step.name] = self.sampler.sample(step.site, proposal)
+
+
+class PosteriorPass(_Pass):
+    """Each site's proposal over its unconstrained value, for every row of the
+    data, outside Pyro's handlers (the param store is neither read nor
+    written); a head that reads other sites is given their medians.
+    :attr:`proposals` holds them, the local sites' also where observed.
+
+    :param reads: the sites some head reads (their medians are computed).
+    """
+
+    def __init__(self, *parts: Any, reads: frozenset[str]) -> None:
+        super().__init__(*parts)
+        self.reads = reads
+        self.proposals: dict[str, dist.Distribution] = {}
+
+    def global_site(self, step: SiteStep) -> None:
+        # forward() rather than __call__: outside a Pyro context.
+        self._propose(step, getattr(self.global_params, step.key).forward())
+
+    @contextmanager
+    def data_plate(self, step: PlateStep) -> Iterator[torch.Tensor]:
+        yield self.features_of(step.plate, self.args, self.kwargs, None, None)
+
+    def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
+        self.proposals[step.name] = self._proposal(step, plate, features)
+        self.read[step.name] = self.sampler.unconstrain(step.name, self.given[step.name])
+
+    def local_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
+        if step.name in self.calls.sources:
+            self.calls.check_trained_latent(step.name, training=False)
+        self._propose(step, self._proposal(step, plate, features))
+
+    def _propose(self, step: SiteStep, proposal: dist.Distribution) -> None:
+        self.proposals[step.name] = proposal
+        if step.name in self.reads:
+            self.read[step.name] = self.sampler.median_read(step.name, proposal)
+
+
+def read_proposals(
+    built: BuiltGuide,
+    heads: nn.ModuleDict,
+    global_params: nn.Module,
+    features_of: FeaturesOf,
+    call: tuple[tuple, dict],
+    supervise: Mapping[str, float],
+) -> dict[str, dist.Distribution]:
+    """Each site's proposal over its unconstrained value for a call, local sites
+    for every row of its data (a :class:`PosteriorPass` of the call's steps)."""
+    calls = built.calls
+    steps = site_steps(built.structure, calls.upstream, supervise, calls.given(*call))
+    reads = frozenset(u for inputs in calls.upstream.values() for u in inputs)
+    parts = calls, built.sampler, heads, global_params, features_of, call
+    visitor = PosteriorPass(*parts, reads=reads)
+    run_plan(steps, visitor)
+    return visitor.proposals
