@@ -62,7 +62,10 @@ class _Pass:
         self.given = calls.given(*call)
         self.read: dict[str, torch.Tensor] = {}  # unconstrained, as heads read them
 
-    def _proposal(self, step: SiteStep, plate: PlateStep, features: torch.Tensor):
+    def _proposal(
+        self, step: SiteStep, plate: PlateStep, features: torch.Tensor
+    ) -> dist.Distribution:
+        """The head's distribution for the plate's rows, given what it reads."""
         sites = self.calls.structure.sites
         pieces = [per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads]
         return self.heads[step.key](head_input(features, pieces))

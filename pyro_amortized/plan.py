@@ -109,15 +109,17 @@ def site_steps(
 class PlanVisitor(Protocol):
     """What a run of the plan does at each step (see :func:`run_plan`)."""
 
-    def global_site(self, step: SiteStep) -> None: ...
+    def global_site(self, step: SiteStep) -> None:
+        """A global site, from its per-site parameters."""
 
     def data_plate(self, step: PlateStep) -> AbstractContextManager[torch.Tensor]:
         """Enters the plate; gives its rows' features."""
-        ...
 
-    def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None: ...
+    def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
+        """A local site this call observes: read, not proposed."""
 
-    def local_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None: ...
+    def local_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
+        """A latent local site, from its head."""
 
 
 def run_plan(

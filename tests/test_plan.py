@@ -1,0 +1,84 @@
+"""The per-call plan: the order of a call's steps, and what a signature fixes."""
+
+from contextlib import contextmanager
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized.plan import run_plan
+
+
+def labelled_model(x, y=None):
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", x.shape[0]):
+        label = pyro.sample("y", dist.Bernoulli(0.5), obs=y)
+        z = pyro.sample("z", dist.Normal(loc + label, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+class Recorder:
+    """A plan visitor that writes down the steps it is given, in order."""
+
+    def __init__(self):
+        self.events = []
+
+    def global_site(self, step):
+        self.events.append(f"global {step.name}")
+
+    @contextmanager
+    def data_plate(self, step):
+        self.events.append(f"plate {step.plate.name}")
+        yield torch.zeros(1)
+
+    def observed_site(self, step, plate, features):
+        self.events.append(f"observed {step.name}")
+
+    def local_site(self, step, plate, features):
+        self.events.append(f"latent {step.name} reads {','.join(step.reads)}")
+
+
+def steps_of(guide, *args):
+    plan = guide._built.calls.plan(guide.model, guide.init_loc_fn, args, {})
+    recorder = Recorder()
+    run_plan(plan.steps, recorder)
+    return recorder.events
+
+
+def test_a_call_runs_globals_then_each_plate_in_an_inverse_order_of_the_model():
+    pyro.clear_param_store()
+    x = torch.randn(6)
+    guide = AutoAmortizedGuide(labelled_model)
+    guide(x)
+    # The label first (discrete), then the code that reads it; both read the
+    # global, which the posterior couples with them.
+    assert steps_of(guide, x) == [
+        "global loc",
+        "plate data",
+        "latent y reads loc",
+        "latent z reads loc,y",
+    ]
+
+
+def test_a_signature_that_observes_a_site_reads_it_instead():
+    pyro.clear_param_store()
+    x, y = torch.randn(6), torch.ones(6)
+    guide = AutoAmortizedGuide(labelled_model)
+    guide(x)
+    guide(x, y)
+    observed = steps_of(guide, x, y)
+    assert observed == ["global loc", "plate data", "observed y", "latent z reads loc,y"]
+    assert steps_of(guide, x)[2] == "latent y reads loc"  # the other signature's plan
+
+
+def test_plans_are_cached_per_signature():
+    pyro.clear_param_store()
+    x = torch.randn(6)
+    guide = AutoAmortizedGuide(labelled_model)
+    guide(x)
+    plans = guide._built.calls.plans
+    guide(torch.randn(6))
+    assert len(plans) == 1
+    guide(torch.randn(9))
+    assert len(plans) == 2
