@@ -25,6 +25,7 @@ def all_finite(value: torch.Tensor) -> bool:
     on the host) and this returns ``True``."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return True
+    value = value.detach()  # no autograd graph for a check
     return bool(torch.isfinite(value.sum())) or bool(torch.isfinite(value).all())
 
 

@@ -53,6 +53,10 @@ class _LinearHead(nn.Module):
             layer.bias.copy_(bias.reshape(-1))
         return layer
 
+    def _widened(self, spread: torch.Tensor, power: int = 1) -> torch.Tensor:
+        """A spread times the widening (untouched outside :func:`widened`)."""
+        return spread if self.widening == 1.0 else self.widening**power * spread
+
     def _output(self, layer: nn.Linear, features: torch.Tensor) -> torch.Tensor:
         output = layer(features)
         return output if len(self.shape) == 1 else output.reshape(features.shape[:-1] + self.shape)
@@ -91,7 +95,7 @@ class NormalHead(_LinearHead):
     def forward(self, features: torch.Tensor) -> dist.Distribution:
         loc = self._output(self.loc, features)
         scale = softplus(self._output(self.scale, features)) + MIN_SCALE
-        return dist.Normal(loc, self.widening * scale).to_event(self.event_dim)
+        return dist.Normal(loc, self._widened(scale)).to_event(self.event_dim)
 
 
 class DeltaHead(_LinearHead):
@@ -191,7 +195,7 @@ class MultivariateNormalHead(_CorrelatedHead):
             lower = self._outputs(self.off_diagonal, features, self.size * (self.size - 1) // 2)
             rows, cols = torch.tril_indices(self.size, self.size, -1, device=features.device)
             scale_tril[..., rows, cols] = lower
-        scale_tril = self.widening * scale_tril
+        scale_tril = self._widened(scale_tril)
         return self._reshaped(dist.MultivariateNormal(loc, scale_tril=scale_tril))
 
 
@@ -239,8 +243,8 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
     def forward(self, features: torch.Tensor) -> dist.Distribution:
         loc = self._outputs(self.loc, features, self.size)
         diagonal = softplus(self._outputs(self.diagonal, features, self.size)) + MIN_SCALE
-        factor = self.widening * self._outputs(self.factor, features, self.size, self.rank)
-        diagonal = self.widening**2 * diagonal
+        factor = self._widened(self._outputs(self.factor, features, self.size, self.rank))
+        diagonal = self._widened(diagonal, power=2)
         return self._reshaped(dist.LowRankMultivariateNormal(loc, factor, diagonal))
 
 
