@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +60,7 @@ from .upstream import (
     per_point,
     upstream_sites,
 )
+from .user_warnings import warn
 
 SIZING_ROWS = 8
 """Rows the encoder runs on when the guide is built, to learn its feature size."""
@@ -283,12 +283,11 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
 def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
     largest = max(float(value.abs().max()) if value.numel() else 0.0 for value in inputs)
     if largest > LARGE_INPUT:
-        warnings.warn(
+        warn(
             f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f}. "
             "An encoder fed unscaled inputs can throw its outputs far in its first steps "
             "(NaN losses, diverged parameters). Pass standardize_inputs=True, or an "
             "encoder= that scales them (for example log1p for counts).",
-            stacklevel=5,
         )
 
 

@@ -10,7 +10,6 @@ model's plates have.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +24,7 @@ from .observed import observed_sources
 from .plan import UNKNOWN, CallPlan, site_steps
 from .prototype import trace_prototype
 from .structure import DataPlate, ModelStructure
+from .user_warnings import warn
 from .weights import Weight, vary, weights_on_rows
 
 MAX_CACHED_CALLS = 64
@@ -129,14 +129,13 @@ class CallReader:
         for name in generated - self.generated_warned:
             self.generated_warned.add(name)
             plate = self.structure.data_plates[name]
-            warnings.warn(
+            warn(
                 f"The model observes nothing in plate '{name}' in this call "
                 f"({', '.join(missing[name])} "
                 f"None), so the guide leaves its local sites {list(plate.sites)} to the "
                 "model's prior, their posterior given no data, as for new data points. For "
                 "a posterior predictive of observed rows, give the guide their values: "
                 f"Predictive(model, guide=functools.partial(guide, {missing[name][0]}=...)).",
-                stacklevel=7,
             )
         return generated
 
@@ -241,7 +240,7 @@ class CallReader:
             return
         self.trained_latent.add(name)  # warn once
         argument = self.sources[name]
-        warnings.warn(
+        warn(
             f"Site '{name}' is latent in this call ({argument}=None), but the guide has "
             f"only trained on calls that observe it: its head q({name} | ...) is "
             "untrained, and so are the heads that read it. For a posterior predictive of "
@@ -250,7 +249,6 @@ class CallReader:
             f"{argument}=...))(...) with no {argument}. To infer '{name}' where it is "
             f"missing, also train on calls with {argument}=None.",
             UserWarning,
-            stacklevel=6,
         )
 
     @contextmanager

@@ -9,7 +9,6 @@ scored. At test time the same bijections give medians and quantiles.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import pyro
@@ -24,6 +23,7 @@ from .discrete_heads import SATURATED, is_saturated
 from .latent_sites import LatentSite
 from .quantiles import discrete_quantiles, unconstrained_quantiles
 from .transforms import guard_saturation
+from .user_warnings import warn
 
 
 def is_identity(transform: Transform) -> bool:
@@ -106,13 +106,12 @@ class SiteSampler:
         if name in self.saturation_warned or not is_saturated(distribution):
             return
         self.saturation_warned.add(name)
-        warnings.warn(
+        warn(
             f"The head of the discrete site {name!r} proposes the same value with "
             f"probability above 1 - {SATURATED:g} for every row of this batch: its "
             "score-function gradient has vanished, so it cannot move off that value. "
             "Unless the posterior is that sure, train with a smaller learning rate, or "
             "sum the site out (enumerate_discrete='parallel' with TraceEnum_ELBO).",
-            stacklevel=6,
         )
 
     def discrete_infer(self, site: LatentSite) -> dict:

@@ -26,7 +26,6 @@ names, or a mapping ``{plate name: [argument names]}``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from .prototype import (
     model_frames,
     model_value,
 )
+from .user_warnings import warn
 
 AmortizeOn = None | str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
@@ -189,13 +189,12 @@ def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:
         plates = [name for name, plate in data_plates.items() if argument in plate.inputs]
         if len(plates) > 1:
             quoted = ", ".join(f"'{name}'" for name in plates)
-            warnings.warn(
+            warn(
                 f"Argument '{argument}' has one row per data point of each of the plates "
                 f"{quoted}, so every one of their encoders reads it. If its rows belong "
                 "to one plate only, say which arguments feed which plate with "
                 "amortize_on={plate name: [argument names]}.",
                 UserWarning,
-                stacklevel=4,
             )
 
 
@@ -410,19 +409,17 @@ def _indices_argument(plate: str, indices: torch.Tensor, arguments: dict[str, An
 def warn_if_nothing_to_amortize(structure: ModelStructure) -> None:
     """Warns once when the model has no data plate holding latent sites."""
     if not structure.sites:
-        warnings.warn(
+        warn(
             "The model has no latent site the guide covers (every sample site is "
             "observed, deterministic or enumerated by the model), so the guide samples "
             "nothing. If a site should be latent, check that it is not given obs=.",
             UserWarning,
-            stacklevel=3,
         )
     elif not structure.data_plates:
-        warnings.warn(
+        warn(
             "The model has no data plate with local latent sites, so there is nothing to "
             "amortize: every latent site gets per-site parameters, as with AutoNormal. "
             "A data plate is a vectorized plate over an observed site whose rows come "
             "from a model argument (see amortize_on=).",
             UserWarning,
-            stacklevel=3,
         )

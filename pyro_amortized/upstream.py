@@ -12,7 +12,6 @@ sites the posterior couples are linked, and the later site in the guide's order
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -22,6 +21,7 @@ from torch.nn.functional import one_hot
 
 from .latent_sites import LatentSite
 from .structure import ModelStructure
+from .user_warnings import warn
 
 Dependencies = str | Mapping[str, Sequence[str]]
 """``"model"`` (read what the posterior couples), ``"mean_field"`` (read
@@ -59,11 +59,10 @@ def coupled_sites(model: Callable, args: tuple, kwargs: dict) -> dict[str, set[s
         dependencies = poutine.block(get_dependencies)(model, args, kwargs)
         posterior = dependencies["posterior_dependencies"]
     except Exception as error:  # noqa: BLE001 - any failure means: no structure known
-        warnings.warn(
+        warn(
             f"Could not read the model's dependency structure ({type(error).__name__}: "
             f"{error}); local heads read only the data. Pass dependencies='mean_field' "
             "to silence this, or name each local site's inputs.",
-            stacklevel=4,
         )
         return {}
     coupled: dict[str, set[str]] = {}
@@ -149,13 +148,12 @@ def _model_upstream(
         if inputs:
             result[name] = tuple(inputs)
     for site, readers in too_large.items():
-        warnings.warn(
+        warn(
             f"The posterior of local site(s) {readers} depends on global site '{site}' "
             f"({_global_size(structure.sites[site])} values), which their heads do not "
             f"read: more than {MAX_GLOBAL_INPUTS} values would swamp the encoder's "
             f"features. Name it in dependencies={{'{readers[0]}': [...]}} to read it "
             "anyway, or pass dependencies='mean_field' to silence this.",
-            stacklevel=2,
         )
     return result
 

@@ -702,3 +702,19 @@ def test_a_user_encoder_is_registered_once():
     train(factor_model, guide, factor_data(40), steps=3)
     names = [name for name in guide.state_dict() if "encoders" in name or "encoder" in name]
     assert names == ["network.encoders.data.0.weight", "network.encoders.data.0.bias"]
+
+
+def test_warnings_name_the_line_that_called_the_guide():
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    guide = AutoAmortizedGuide(model)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    with pytest.warns(UserWarning, match="nothing to amortize") as record:
+        svi.step(torch.randn(5))  # the line the warning names
+    (warning,) = [w for w in record if "nothing to amortize" in str(w.message)]
+    assert warning.filename == __file__
+    assert "svi.step" in open(__file__).read().splitlines()[warning.lineno - 1]
