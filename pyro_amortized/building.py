@@ -34,7 +34,12 @@ from .families import (
     check_site_families,
 )
 from .global_heads import GlobalDelta, GlobalNormal, GlobalPriorFamily
-from .initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE, prior_start
+from .initialization import (
+    CORRELATED_MAX_INIT_SCALE,
+    INIT_SCALE_RANGE,
+    initial_unconstrained,
+    prior_start,
+)
 from .latent_sites import LatentSite
 from .observed import (
     arguments_defaulting_to_none,
@@ -351,7 +356,7 @@ def _local_start(
         max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
         loc, scale = prior_start(node, outer, transform, max_scale)
     if not options.locals_from_prior:
-        loc = transform.inv(model_value(node, outer).detach()).detach().mean(0)
+        loc = initial_unconstrained(node, outer, transform).mean(0)
     return loc, scale if options.init_scale is None else options.init_scale
 
 
@@ -365,8 +370,7 @@ def _global_module(
         full_size = functools.partial(_full_size, site=site)
         return GlobalPriorFamily(node["fn"], transform, full_size)
     event_dim = len(site.unconstrained_event_shape)
-    init_loc = transform.inv(model_value(node, outer).detach()).detach()
-    init_loc = _full_size(init_loc, event_dim, site)
+    init_loc = _full_size(initial_unconstrained(node, outer, transform), event_dim, site)
     if family == "delta":
         return GlobalDelta(init_loc, event_dim)
     scale = GLOBAL_INIT_SCALE if options.init_scale is None else options.init_scale

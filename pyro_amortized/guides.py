@@ -236,7 +236,7 @@ class AutoAmortizedGuide(AutoGuide):
         parts = self._require_built(), self._modules["network"].heads, self.global_params
         features_of = features_of or self._encoded_features
         with self._data_errors_explained(args, kwargs):
-            return read_proposals(*parts, features_of, (args, kwargs), self._options.supervise)
+            return read_proposals(*parts, features_of, (args, kwargs))
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
         """The local posterior of every row of the data in ``args``: one forward

@@ -35,6 +35,13 @@ exploited by the optimizer (measured: a factor model of 30 measurements
 diverged within 8 steps)."""
 
 
+def initial_unconstrained(node: dict, outer: frozenset[str], transform: Transform) -> torch.Tensor:
+    """A site's value in the prototype trace (the one ``init_loc_fn`` chose), in
+    unconstrained space and detached."""
+    with torch.no_grad():
+        return transform.inv(model_value(node, outer).detach())
+
+
 def prior_start(
     node: dict, outer: frozenset[str], transform: Transform, max_scale: float = INIT_SCALE_RANGE[1]
 ) -> tuple[torch.Tensor, float]:
@@ -53,7 +60,6 @@ def prior_start(
         drawn from, or its draws reach the edge of the support, the site's
         prototype value and the top of the range.
     """
-    value = model_value(node, outer).detach()
     with torch.no_grad():
         try:
             draws = node["fn"].sample((PRIOR_DRAWS,))
@@ -64,4 +70,4 @@ def prior_start(
             if torch.isfinite(latent).all():
                 scale = float(latent.std(0).mean().clamp(INIT_SCALE_RANGE[0], max_scale))
                 return latent.mean(0).mean(0), scale
-    return transform.inv(value).mean(0), max_scale
+    return initial_unconstrained(node, outer, transform).mean(0), max_scale

@@ -163,14 +163,12 @@ def read_proposals(
     global_params: nn.Module,
     features_of: FeaturesOf,
     call: tuple[tuple, dict],
-    supervise: Mapping[str, float],
 ) -> dict[str, dist.Distribution]:
     """Each site's proposal over its unconstrained value for a call, local sites
     for every row of its data (a :class:`PosteriorPass` of the call's steps)."""
     calls = built.calls
-    steps = site_steps(built.structure, calls.upstream, supervise, calls.given(*call))
     reads = frozenset(u for inputs in calls.upstream.values() for u in inputs)
     parts = calls, built.sampler, heads, global_params, features_of, call
     visitor = PosteriorPass(*parts, reads=reads)
-    run_plan(steps, visitor)
+    run_plan(site_steps(built.structure, calls.upstream, calls.supervise, visitor.given), visitor)
     return visitor.proposals
