@@ -110,8 +110,10 @@ class SiteSampler:
             f"The head of the discrete site {name!r} proposes the same value with "
             f"probability above 1 - {SATURATED:g} for every row of this batch: its "
             "score-function gradient has vanished, so it cannot move off that value. "
-            "Unless the posterior is that sure, train with a smaller learning rate, or "
-            "sum the site out (enumerate_discrete='parallel' with TraceEnum_ELBO).",
+            "Unless the posterior is that sure, standardize the encoder's inputs "
+            "(standardize_inputs=True: on inputs far from zero and unit scale, a large "
+            "step throws the logits far), train with a smaller learning rate, or sum the "
+            "site out (enumerate_discrete='parallel' with TraceEnum_ELBO).",
         )
 
     def discrete_infer(self, site: LatentSite) -> dict:

@@ -59,7 +59,9 @@ def test_z_head_reads_y_and_beats_mean_field():
         conditioned = poutine.condition(structured, data={"y": torch.full_like(x, y)})
         q_z = poutine.trace(conditioned).get_trace(x).nodes["z"]["fn"]
         exact_loc = (x - SHIFT * y) / NOISE**2 / precision
-        assert torch.allclose(q_z.loc, exact_loc, atol=0.1)
+        # Largest error at seeds 0 to 5: 0.018 to 0.103; a head that ignores y
+        # is 1.6 off at one of the two values.
+        assert torch.allclose(q_z.loc, exact_loc, atol=0.15)
         assert torch.allclose(q_z.scale, torch.full_like(x, precision**-0.5), atol=0.05)
     mean_field = _trained("mean_field")
     assert mean_field.upstream_sites == {}

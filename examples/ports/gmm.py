@@ -223,9 +223,12 @@ def run_sampled(
     :param guide_kind: ``"hand"`` (the tutorial's MAP training, then
         ``full_guide`` without enumeration) or ``"amortized"`` (the same MAP
         training with the amortized guide of :func:`run`, then
-        ``AutoAmortizedDelta(model, hidden_dims=(hidden,))`` started at its
-        estimates: the globals train on beside the amortized assignment
-        probabilities, where the tutorial holds them fixed).
+        ``AutoAmortizedDelta(model, hidden_dims=(hidden,),
+        standardize_inputs=True)`` started at its estimates: the globals train
+        on beside the amortized assignment probabilities, where the tutorial
+        holds them fixed; the petal lengths, 1 to 7 cm, reach the encoder
+        standardized, where the tutorial's learning rate of 0.2 does not throw
+        the logits far).
     :param steps: SVI steps of each training.
     :param batch_size: must be ``None``: the tutorial uses all the data.
     :param seed: seed of the split and (amortized) of the parameters.
@@ -246,7 +249,10 @@ def run_sampled(
         estimates = {name: value.detach() for name, value in global_guide.median(train).items()}
         pyro.clear_param_store()
         guide = AutoAmortizedDelta(
-            model, hidden_dims=(hidden,), init_loc_fn=init_to_value(values=estimates)
+            model,
+            hidden_dims=(hidden,),
+            init_loc_fn=init_to_value(values=estimates),
+            standardize_inputs=True,
         )
     optim = pyro.optim.Adam({"lr": 0.2, "betas": [0.8, 0.99]})
     # Nothing is enumerated any more: TraceEnum_ELBO need not say so.
