@@ -65,13 +65,21 @@ def timed_steps(step: Callable[[int], float], steps: int) -> tuple[list[float], 
     return losses, (time.process_time() - start) / max(steps - 1, 1)
 
 
-def result(metric_name: str, metric: float, losses: list[float], step_seconds: float) -> dict:
+def result(
+    metric_name: str,
+    metric: float,
+    losses: list[float],
+    step_seconds: float,
+    step: Callable[[int], float],
+) -> dict:
     """The dict every ``run`` returns.
 
     :param metric_name: what ``metric`` measures, for tables.
     :param metric: the program's metric at the end of training.
     :param losses: the training losses, one per step.
     :param step_seconds: mean seconds per training step.
+    :param step: the training step, ``step(i)``: more steps continue the
+        training (benchmarks time them).
     """
     return {
         "metric_name": metric_name,
@@ -79,4 +87,5 @@ def result(metric_name: str, metric: float, losses: list[float], step_seconds: f
         "final_loss": losses[-1] if losses else float("nan"),
         "step_seconds": step_seconds,
         "steps": len(losses),
+        "step": step,
     }

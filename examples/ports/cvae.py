@@ -273,4 +273,4 @@ def run(
 
     losses, step_seconds = timed_steps(step, steps)
     metric = held_out_elbo_per_image(cvae, guide, data, batch_size)
-    return result("held-out ELBO per image", metric, losses, step_seconds)
+    return result("held-out ELBO per image", metric, losses, step_seconds, step)

@@ -156,10 +156,11 @@ def global_guide_factory(guide_kind: str, data: torch.Tensor, hidden: int) -> Ca
 
 def train_map(
     guide_kind: str, data: torch.Tensor, steps: int, hidden: int, tries: int
-) -> tuple[object, list[float], float]:
+) -> tuple[object, list[float], float, Callable[[int], float]]:
     """The tutorial's first training: globals with the assignments summed out.
 
-    :returns: the trained guide, the losses and the mean seconds per step.
+    :returns: the trained guide, the losses, the mean seconds per step and the
+        training step.
     """
     make_guide = global_guide_factory(guide_kind, data, hidden)
     seed = best_initialization(make_guide, enumerated_model, data, tries)
@@ -168,8 +169,12 @@ def train_map(
     guide = make_guide()
     optim = pyro.optim.Adam({"lr": 0.1, "betas": [0.8, 0.99]})
     svi = SVI(enumerated_model, guide, optim, loss=TraceEnum_ELBO(max_plate_nesting=1))
-    losses, step_seconds = timed_steps(lambda _: svi.step(data), steps)
-    return guide, losses, step_seconds
+
+    def step(_: int) -> float:
+        return svi.step(data)
+
+    losses, step_seconds = timed_steps(step, steps)
+    return guide, losses, step_seconds, step
 
 
 def run(
@@ -202,10 +207,10 @@ def run(
     check_guide_kind(guide_kind)
     _check_full_batch(batch_size)
     train, held_out = make_data(small=small, seed=seed)
-    guide, losses, step_seconds = train_map(guide_kind, train, steps, hidden, tries)
+    guide, losses, step_seconds, step = train_map(guide_kind, train, steps, hidden, tries)
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     metric = -elbo.loss(enumerated_model, guide, held_out) / len(held_out)
-    return result("held-out ELBO per point", metric, losses, step_seconds)
+    return result("held-out ELBO per point", metric, losses, step_seconds, step)
 
 
 def run_sampled(
@@ -242,7 +247,7 @@ def run_sampled(
     check_guide_kind(guide_kind)
     _check_full_batch(batch_size)
     train, _ = make_data(small=small, seed=seed)
-    global_guide, _, _ = train_map(guide_kind, train, steps, hidden, tries)
+    global_guide, *_ = train_map(guide_kind, train, steps, hidden, tries)
     if guide_kind == "hand":
         guide = make_full_guide(global_guide)
     else:
@@ -258,13 +263,17 @@ def run_sampled(
     # Nothing is enumerated any more: TraceEnum_ELBO need not say so.
     elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
     svi = SVI(model, guide, optim, loss=elbo)
-    losses, step_seconds = timed_steps(lambda _: svi.step(train), steps)
+
+    def step(_: int) -> float:
+        return svi.step(train)
+
+    losses, step_seconds = timed_steps(step, steps)
     # The model indexes locs by the assignment: its particles cannot be vectorized.
     estimate = TraceEnum_ELBO(
         max_plate_nesting=1, num_particles=20, strict_enumeration_warning=False
     )
     metric = -estimate.loss(model, guide, train) / len(train)
-    return result("training ELBO per point", metric, losses, step_seconds)
+    return result("training ELBO per point", metric, losses, step_seconds, step)
 
 
 def _check_full_batch(batch_size: int | None) -> None:

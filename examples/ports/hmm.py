@@ -159,12 +159,14 @@ def run(
     elbo = TraceEnum_ELBO(max_plate_nesting=2, strict_enumeration_warning=True)
     svi = SVI(model_1, guide, Adam({"lr": learning_rate}), elbo)
     sequences, lengths = data["train_sequences"], data["train_lengths"]
-    losses, step_seconds = timed_steps(
-        lambda _: svi.step(sequences, lengths, args=args, batch_size=batch_size), steps
-    )
+
+    def step(_: int) -> float:
+        return svi.step(sequences, lengths, args=args, batch_size=batch_size)
+
+    losses, step_seconds = timed_steps(step, steps)
     test_sequences, test_lengths = data["test_sequences"], data["test_lengths"]
     test_loss = elbo.loss(
         model_1, guide, test_sequences, test_lengths, args=args, include_prior=False
     )
     metric = -test_loss / float(test_lengths.sum())
-    return result("test ELBO per time step (no prior)", metric, losses, step_seconds)
+    return result("test ELBO per time step (no prior)", metric, losses, step_seconds, step)

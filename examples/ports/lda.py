@@ -237,9 +237,11 @@ def run(
         )
     elbo = TraceEnum_ELBO(max_plate_nesting=2)
     svi = SVI(model, guide, ClippedAdam({"lr": learning_rate}), elbo)
-    losses, step_seconds = timed_steps(
-        lambda _: svi.step(train, args=args, batch_size=batch_size), steps
-    )
+
+    def step(_: int) -> float:
+        return svi.step(train, args=args, batch_size=batch_size)
+
+    losses, step_seconds = timed_steps(step, steps)
     test_args = make_args(test, num_words, hidden, **options)
     metric = -elbo.loss(model, guide, test, args=test_args) / test.shape[1]
-    return result("held-out ELBO per document", metric, losses, step_seconds)
+    return result("held-out ELBO per document", metric, losses, step_seconds, step)

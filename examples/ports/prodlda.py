@@ -190,6 +190,10 @@ def run(
     optimizer = pyro.optim.Adam({"lr": learning_rate})
     svi = SVI(prodlda.model, guide, optimizer, loss=TraceMeanField_ELBO())
     batches = minibatch_indices(len(train), batch_size, seed, shuffle=False)
-    losses, step_seconds = timed_steps(lambda _: svi.step(train[next(batches)]), steps)
+
+    def step(_: int) -> float:
+        return svi.step(train[next(batches)])
+
+    losses, step_seconds = timed_steps(step, steps)
     metric = held_out_elbo_per_document(prodlda, guide, test, batch_size)
-    return result("held-out ELBO per document", metric, losses, step_seconds)
+    return result("held-out ELBO per document", metric, losses, step_seconds, step)

@@ -320,4 +320,5 @@ def run(
         predicted = ss_vae.classifier(data["x_test"])
     else:
         predicted = amortized_classifier(guide, data["x_test"])
-    return result("test accuracy", accuracy(predicted, data["y_test"]), history, step_seconds)
+    metric = accuracy(predicted, data["y_test"])
+    return result("test accuracy", metric, history, step_seconds, step)

@@ -156,6 +156,10 @@ def run(
         guide = AutoAmortizedGuide(vae.model, hidden_dims=(hidden,))
     svi = SVI(vae.model, guide, Adam({"lr": learning_rate}), loss=Trace_ELBO())
     batches = minibatch_indices(len(x_train), batch_size, seed)
-    losses, step_seconds = timed_steps(lambda _: svi.step(x_train[next(batches)]), steps)
+
+    def step(_: int) -> float:
+        return svi.step(x_train[next(batches)])
+
+    losses, step_seconds = timed_steps(step, steps)
     metric = held_out_elbo_per_image(svi, x_test, batch_size)
-    return result("test ELBO per image", metric, losses, step_seconds)
+    return result("test ELBO per image", metric, losses, step_seconds, step)
