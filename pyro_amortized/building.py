@@ -24,7 +24,7 @@ from torch import nn
 from .arguments import bind_arguments, locate_argument
 from .calls import CallReader
 from .discrete_heads import DiscreteHead
-from .encoders import MLPEncoder, StandardizingEncoder, encode_features, plate_inputs
+from .encoders import MLPEncoder, StandardizingEncoder, plate_features, plate_inputs
 from .families import (
     CORRELATED_FAMILIES,
     GLOBAL_FAMILIES,
@@ -50,6 +50,7 @@ from .observed import (
 from .params import module_key
 from .prototype import model_value, trace_prototype
 from .sampling import SiteSampler, is_identity
+from .set_encoders import SetEncoder
 from .structure import (
     AmortizeOn,
     DataPlate,
@@ -221,7 +222,7 @@ def build_guide(
     sampler = _site_sampler(structure, trace, options)
     names = set(optional)
     for plate in structure.data_plates.values():
-        names.update(plate.inputs + ((plate.indices,) if plate.indices else ()))
+        names.update(plate.arguments + ((plate.indices,) if plate.indices else ()))
     locations = {name: locate_argument(model, name) for name in names}
     calls = CallReader(structure, upstream, options.supervise, locations, sources)
     device = _data_device(structure, arguments)
@@ -307,15 +308,22 @@ def _build_plate(
     """A data plate's encoder, and the heads of its local sites."""
     trace, outer = prototype
     encoder = _plate_encoder(options, plate.name)
-    values = plate.rows_first([arguments[name] for name in plate.inputs])
-    inputs = plate_inputs(plate, values, None, None)
+    values = plate.rows_first([arguments[name] for name in plate.arguments])
+    rows = values[1:] if plate.group_index else values
+    inputs = plate_inputs(plate, rows, None, None)
     if options.standardize_inputs:
         encoder = StandardizingEncoder(encoder, inputs)
     elif isinstance(encoder, MLPEncoder):
         _warn_if_large(plate, inputs)
+    if plate.group_index:  # the rows of each group, pooled
+        reference_count = inputs[0].shape[0] / plate.full_size
+        encoder = SetEncoder(encoder, options.hidden_dims, reference_count=reference_count)
+        values = [values[0][:SIZING_ROWS]] + [value[:SIZING_ROWS] for value in rows]
+    else:
+        values = [value[:SIZING_ROWS] for value in values]
     encoder = encoder.to(built.device)
     with torch.no_grad():  # a few rows tell the feature size (and set lazy layers up)
-        features = encode_features(encoder, tuple(value[:SIZING_ROWS] for value in inputs))
+        features = plate_features(encoder, plate, values, None, plate.full_size)
     modules.encoders[module_key(plate.name)] = encoder
     structure, upstream = built.structure, built.calls.upstream
     for name in plate.sites:

@@ -108,6 +108,12 @@ class CallReader:
         self.sources.update(learned)
         return plan
 
+    def known_size(self, plate: str, args: tuple, kwargs: dict) -> int | None:
+        """A plate's full size in calls of this signature, where one was planned."""
+        plan = self.plans.get(call_key(args, kwargs))
+        sizes = None if plan is None else plan.plate_sizes.get(plate)
+        return None if sizes is None else sizes[0]
+
     def _generated_plates(self, plan: CallPlan, args: tuple, kwargs: dict) -> frozenset[str]:
         """The data plates in which the model observes nothing in this call and
         an encoder input is ``None`` (the targets ``ys`` of ``model(xs,
@@ -184,7 +190,7 @@ class CallReader:
                 continue  # the model generates its data: no guide site in it
             if name in structure.unsized:  # sized by broadcasting, as in the model
                 plates[name] = pyro.plate(name, dim=frame.dim)
-            elif name in structure.data_plates:
+            elif name in structure.data_plates and not structure.data_plates[name].group_index:
                 plate = structure.data_plates[name]
                 plates[name] = self._data_plate(plate, sizes.get(name), args, kwargs)
             else:
@@ -219,7 +225,8 @@ class CallReader:
 
     def input_values(self, plate: DataPlate, args: tuple, kwargs: dict) -> list[Any]:
         """The plate's inputs in this call, data points along their first axis."""
-        return plate.rows_first([self.locations[name].fetch(args, kwargs) for name in plate.inputs])
+        values = [self.locations[name].fetch(args, kwargs) for name in plate.arguments]
+        return plate.rows_first(values)
 
     def given(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
         """The local sites this call observes, with the arguments' values."""
@@ -298,14 +305,14 @@ def given_rows(value: torch.Tensor, indices: torch.Tensor | None) -> torch.Tenso
 def _check_rows(plate: DataPlate, first: Any) -> None:
     if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] == 0:
         raise ValueError(
-            f"Argument '{plate.inputs[0]}' of plate '{plate.name}' has no rows in this "
+            f"Argument '{plate.arguments[0]}' of plate '{plate.name}' has no rows in this "
             "call; pass at least one data point."
         )
 
 
 def _check_data(plate: DataPlate, values: list[Any], parameter: torch.Tensor) -> None:
     """Device and floating-point type of a data plate's inputs, in the user's terms."""
-    for name, value in zip(plate.inputs, values, strict=True):
+    for name, value in zip(plate.arguments, values, strict=True):
         if not isinstance(value, torch.Tensor):
             continue  # plate_inputs says what is wrong
         if value.device != parameter.device:

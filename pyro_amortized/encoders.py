@@ -144,8 +144,66 @@ def _check_input(plate: DataPlate, name: str, point_shape: torch.Size, value: ob
         )
 
 
-def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Runs an encoder and flattens its output to ``(batch, num_features)``.
+def plate_features(
+    encoder: nn.Module,
+    plate: DataPlate,
+    values: Sequence[object],
+    indices: torch.Tensor | None,
+    plate_size: int | None,
+) -> torch.Tensor:
+    """The encoder's features of a data plate's rows ``indices`` (every row for
+    ``None``; see :func:`plate_inputs`), or of a group plate's groups, from the
+    rows of each (``values`` starts with the group index; the number of groups
+    is ``plate_size``, or the largest index plus one).
+    """
+    if plate.group_index is None:
+        return encode_features(encoder, plate_inputs(plate, values, indices, plate_size))
+    groups, *rows = values
+    inputs = plate_inputs(plate, rows, None, None)
+    num_groups = _check_groups(plate, groups, inputs[0].shape[0], plate_size)
+    features = encode_features(encoder, inputs, groups=(groups, num_groups))
+    return features if indices is None else features.index_select(0, indices.to(features.device))
+
+
+def _check_groups(plate: DataPlate, groups: object, num_rows: int, plate_size: int | None) -> int:
+    """The number of groups, once ``groups`` is checked to give each row's group."""
+    name = plate.group_index
+    if (
+        not isinstance(groups, torch.Tensor)
+        or groups.dim() != 1
+        or groups.is_floating_point()
+        or groups.shape[0] != num_rows
+    ):
+        raise ValueError(
+            f"Argument '{name}' must give the group (in plate '{plate.name}') of each of the "
+            f"{num_rows} rows of {', '.join(plate.inputs)}: a 1-D integer tensor of "
+            f"{num_rows} entries, but it is {_describe(groups)}."
+        )
+    largest = int(groups.max()) if num_rows else -1
+    num_groups = largest + 1 if plate_size is None else int(plate_size)
+    if int(groups.min() if num_rows else 0) < 0 or largest >= num_groups:
+        raise ValueError(
+            f"Argument '{name}' holds group indices from {int(groups.min())} to {largest}, but "
+            f"plate '{plate.name}' has {num_groups} groups in this call: each index must be "
+            f"at least 0 and below {num_groups}."
+        )
+    return num_groups
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def encode_features(
+    encoder: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    groups: tuple[torch.Tensor, int] | None = None,
+) -> torch.Tensor:
+    """Runs an encoder and flattens its output to ``(batch, num_features)``;
+    a set encoder (:class:`~pyro_amortized.set_encoders.SetEncoder`) is given
+    ``groups``, each row's group and the number of groups, first.
 
     The features are checked to be finite (one check a call); only when they are
     not are the inputs checked, to say which of the two went wrong. An encoder
@@ -155,7 +213,7 @@ def encode_features(encoder: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tor
         or infinite features: from NaN or infinite inputs, or because its
         parameters have diverged.
     """
-    features = encoder(*inputs)
+    features = encoder(*inputs) if groups is None else encoder(*groups, *inputs)
     if not isinstance(features, torch.Tensor) or features.dim() == 0:
         raise ValueError(
             f"An encoder must return a tensor of shape (batch, num_features), but "

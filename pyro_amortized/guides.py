@@ -22,7 +22,7 @@ from torch import nn
 
 from .building import BuiltGuide, GuideOptions, build_guide
 from .calls import joined_plates
-from .encoders import encode_features, plate_inputs
+from .encoders import plate_features
 from .families import Family
 from .params import module_key, register_run
 from .passes import SamplingPass, read_proposals
@@ -222,8 +222,8 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> torch.Tensor:
         """The encoder's features of the rows ``indices`` (all rows for ``None``)."""
         values = self._require_built().calls.input_values(plate, args, kwargs)
-        inputs = plate_inputs(plate, values, indices, size)
-        return encode_features(self._modules["network"].encoders[module_key(plate.name)], inputs)
+        encoder = self._modules["network"].encoders[module_key(plate.name)]
+        return plate_features(encoder, plate, values, indices, size)
 
     def _data_errors_explained(self, args: tuple, kwargs: dict) -> AbstractContextManager:
         network = self._modules["network"]
@@ -234,9 +234,10 @@ class AutoAmortizedGuide(AutoGuide):
     ) -> dict[str, dist.Distribution]:
         """Each site's unconstrained proposal, local ones for every row (``passes``)."""
         parts = self._require_built(), self._modules["network"].heads, self.global_params
-        features_of = features_of or self._encoded_features
+        parts += (features_of or self._encoded_features, (args, kwargs))
+        model = None if self._model is None else self.model
         with self._data_errors_explained(args, kwargs):
-            return read_proposals(*parts, features_of, (args, kwargs))
+            return read_proposals(*parts, model, self.init_loc_fn)
 
     def encode(self, *args: Any, **kwargs: Any) -> dict[str, dist.Distribution]:
         """The local posterior of every row of the data in ``args``: one forward
@@ -285,8 +286,7 @@ class AutoAmortizedGuide(AutoGuide):
         return {name: sampler.quantiles(name, q, quantiles) for name, q in proposals.items()}
 
     def __getstate__(self) -> dict[str, Any]:
-        # As AutoGuide: the model (often a local function) is not pickled, nor
-        # are the plans of calls; PyroModule drops the param store's weakrefs.
+        # As AutoGuide, no model (often a local function) nor plans of calls.
         state = PyroModule.__getstate__(self)
         if self._built is not None:
             state["_built"] = self._built.without_plans()

@@ -246,6 +246,14 @@ def single_data_plate(guide: AutoAmortizedGuide, caller: str) -> str:
     plates = list(guide.data_plates)
     if len(plates) != 1:
         raise ValueError(f"{caller} one data plate, but the model has {len(plates)}: {plates}.")
+    plate = guide._require_built().structure.data_plates[plates[0]]
+    if plate.group_index is not None:
+        raise ValueError(
+            f"{caller} one data plate whose data points hold their own likelihood terms, but "
+            f"the local sites of plate '{plate.name}' are groups of the rows of plate "
+            f"'{plate.rows_plate}' (by '{plate.group_index}'), whose terms sit in that plate. "
+            "Score the model with pyro.infer.Trace_ELBO or TraceMeanField_ELBO instead."
+        )
     return plates[0]
 
 

@@ -140,7 +140,8 @@ class PosteriorPass(_Pass):
 
     @contextmanager
     def data_plate(self, step: PlateStep) -> Iterator[torch.Tensor]:
-        yield self.features_of(step.plate, self.args, self.kwargs, None, None)
+        size = self.calls.known_size(step.plate.name, self.args, self.kwargs)
+        yield self.features_of(step.plate, self.args, self.kwargs, None, size)
 
     def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
         self.proposals[step.name] = self._proposal(step, plate, features)
@@ -163,10 +164,17 @@ def read_proposals(
     global_params: nn.Module,
     features_of: FeaturesOf,
     call: tuple[tuple, dict],
+    model: Callable | None = None,
+    init_loc_fn: Callable | None = None,
 ) -> dict[str, dist.Distribution]:
     """Each site's proposal over its unconstrained value for a call, local sites
-    for every row of its data (a :class:`PosteriorPass` of the call's steps)."""
+    for every row of its data (a :class:`PosteriorPass` of the call's steps).
+    Where a group plate's number of groups is the model's to say, the ``model``
+    is run once on the call (as the first call of each signature is in training)."""
     calls = built.calls
+    grouped = any(plate.group_index for plate in built.structure.data_plates.values())
+    if grouped and model is not None and init_loc_fn is not None:
+        calls.plan(model, init_loc_fn, *call)
     reads = frozenset(u for inputs in calls.upstream.values() for u in inputs)
     parts = calls, built.sampler, heads, global_params, features_of, call
     visitor = PosteriorPass(*parts, reads=reads)

@@ -11,6 +11,10 @@ their names with :func:`inspect.signature`. From the two:
 * a **local** latent site sits in a data plate (the outermost one it sits in);
   fixed-size plates nested inside the data plate become part of its per-point
   shape;
+* a plate holding latent sites but no data is a **group plate** where one
+  argument maps the rows of a data plate to its groups
+  (:mod:`~pyro_amortized.group_plates`): its latent sites are local, and its
+  encoder reads the rows of each group;
 * every other latent site is **global**;
 * sites the model enumerates (``infer={"enumerate": ...}``) are left to the ELBO,
   observed and deterministic sites are never guided.
@@ -35,6 +39,7 @@ from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 
+from .group_plates import group_links
 from .latent_sites import LatentSite, check_guidable, latent_site
 from .prototype import (
     explicit_indices,
@@ -68,6 +73,10 @@ class DataPlate:
     :param axes: the axis of each input along which its data points lie: 0,
         or the axis the plate takes in an observed value (documents in the last
         axis of a words x documents count matrix). Empty means all 0.
+    :param group_index: for a group plate, the argument holding each row's
+        group; ``inputs`` then hold one row per row of the data plate
+        ``rows_plate``, not one per group.
+    :param rows_plate: for a group plate, the data plate of its rows.
     """
 
     name: str
@@ -80,6 +89,14 @@ class DataPlate:
     sites: tuple[str, ...]
     indices: str | None = None
     axes: tuple[int, ...] = ()
+    group_index: str | None = None
+    rows_plate: str | None = None
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The arguments the encoder reads: the inputs, after the group index of
+        a group plate."""
+        return self.inputs if self.group_index is None else (self.group_index, *self.inputs)
 
     def rows_first(self, values: Sequence[Any]) -> list[Any]:
         """The inputs' values with the data points along their first axis."""
@@ -144,10 +161,13 @@ def read_model(
         missing = set(sometimes_observed.values())
         arguments = {name: value for name, value in arguments.items() if name not in missing}
     candidates = _data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)
+    holding = {f.name for site in latent.values() for f in model_frames(site, outer)}
+    groups = group_links(holding, frames, candidates, arguments) if amortize_on is None else {}
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}
     for name, site in latent.items():
-        plate = next((f.name for f in model_frames(site, outer) if f.name in candidates), None)
+        frames_ = model_frames(site, outer)
+        plate = next((f.name for f in frames_ if f.name in candidates or f.name in groups), None)
         check_guidable(name, site, plate, observed)
         sites[name] = latent_site(name, site, plate, frames, outer)
         if plate is not None:
@@ -155,10 +175,11 @@ def read_model(
     data_plates = {
         plate: _data_plate(
             frames[plate],
-            candidates[plate],
+            candidates[groups[plate][0]] if plate in groups else candidates[plate],
             arguments,
             inverse_order(names, sites),
             explicit_indices(trace, plate),
+            groups.get(plate),
         )
         for plate, names in members.items()
     }
@@ -356,9 +377,14 @@ def _data_plate(
     arguments: dict,
     sites: tuple[str, ...],
     explicit: torch.Tensor | None,
+    group: tuple[str, str] | None = None,
 ) -> DataPlate:
+    """A data plate (fed by ``feeds``), or a group plate whose rows are those of
+    the data plate ``group[0]``, linked by the argument ``group[1]``."""
     full_size = frame.full_size or frame.size
     indices = None if explicit is None else _indices_argument(frame.name, explicit, arguments)
+    if group is not None:
+        return _group_plate(frame, feeds, arguments, sites, indices, group)
     feeds = tuple((name, axis) for name, axis in feeds if name != indices)
     if not feeds:
         raise ValueError(
@@ -382,6 +408,38 @@ def _data_plate(
         presubsampled=presubsampled,
         sites=sites,
         axes=axes if any(axes) else (),
+    )
+
+
+def _group_plate(
+    frame: CondIndepStackFrame,
+    feeds: tuple[tuple[str, int], ...],
+    arguments: dict,
+    sites: tuple[str, ...],
+    indices: str | None,
+    group: tuple[str, str],
+) -> DataPlate:
+    rows_plate, group_index = group
+    inputs = tuple(name for name, axis in feeds if axis == 0 and name != group_index)
+    if not inputs:
+        raise ValueError(
+            f"Plate '{frame.name}' holds latent sites whose data are the rows of plate "
+            f"'{rows_plate}' (grouped by '{group_index}'), but no other argument has one "
+            "row per row of it. Pass the rows' data as arguments of the model."
+        )
+    full_size = frame.full_size or frame.size
+    return DataPlate(
+        indices=indices,
+        name=frame.name,
+        dim=frame.dim,
+        full_size=full_size,
+        subsample_size=frame.size if full_size != frame.size else None,
+        inputs=inputs,
+        point_shapes=tuple(arguments[name].shape[1:] for name in inputs),
+        presubsampled=False,
+        sites=sites,
+        group_index=group_index,
+        rows_plate=rows_plate,
     )
 
 

@@ -1,0 +1,134 @@
+"""Group plates: a local site per group, whose data are the rows of the group,
+linked to it by an index argument (the gather form of hierarchical models)."""
+
+import pickle
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from helpers import SEED, train
+
+from pyro_amortized import AutoAmortizedGuide, LocalIWAE
+from pyro_amortized.set_encoders import SetEncoder
+
+PRIOR_SCALE = 2.0
+NOISE = 1.0
+
+
+def grouped_model(group, x=None, num_groups=None):
+    """a_g ~ N(0, 2) per group, x_i ~ N(a_{group_i}, 1) per row."""
+    num_groups = int(group.max()) + 1 if num_groups is None else num_groups
+    with pyro.plate("groups", num_groups):
+        a = pyro.sample("a", dist.Normal(0.0, PRIOR_SCALE))
+    with pyro.plate("rows", len(group)):
+        pyro.sample("x", dist.Normal(a[group], NOISE), obs=x)
+
+
+def exact_posterior(group, x, num_groups):
+    """Each a_g given its rows: precision 1/4 + n/1, mean sum(x)/precision."""
+    counts = torch.bincount(group, minlength=num_groups).float()
+    sums = torch.zeros(num_groups).index_add(0, group, x)
+    precision = PRIOR_SCALE**-2 + counts / NOISE**2
+    return sums / NOISE**2 / precision, precision**-0.5
+
+
+def grouped_data(num_groups, seed):
+    """Groups of 0 to 12 rows (the last group has none), true a_g from the prior."""
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, 13, (num_groups,), generator=generator)
+    counts[-1] = 0
+    group = torch.repeat_interleave(torch.arange(num_groups), counts)
+    a = PRIOR_SCALE * torch.randn(num_groups, generator=generator)
+    x = a[group] + NOISE * torch.randn(len(group), generator=generator)
+    return group, x
+
+
+def trained_guide(group, x, num_groups, steps=2500):
+    pyro.set_rng_seed(SEED)
+    guide = AutoAmortizedGuide(grouped_model, hidden_dims=(32, 32))
+    train(grouped_model, guide, group, x, num_groups, steps=steps, lr=0.01)
+    return guide
+
+
+def test_group_plate_is_found_and_its_parameters_do_not_grow():
+    group, x = grouped_data(20, SEED)
+    guide = AutoAmortizedGuide(grouped_model, hidden_dims=(16,))
+    guide(group, x, 20)
+    assert guide.data_plates == {"groups": ("x",)}
+    assert "a" in guide.network.heads
+    assert isinstance(guide.network.encoders["groups"], SetEncoder)
+    size = sum(p.numel() for p in guide.parameters())
+    pyro.clear_param_store()
+    more = AutoAmortizedGuide(grouped_model, hidden_dims=(16,))
+    more(*grouped_data(200, SEED), 200)
+    assert sum(p.numel() for p in more.parameters()) == size
+
+
+def test_group_posteriors_match_the_exact_ones_and_new_groups_take_one_pass():
+    group, x = grouped_data(60, SEED)
+    guide = trained_guide(group, x, 60)
+    loc, scale = exact_posterior(group, x, 60)
+    q = guide.encode(group, x, 60)["a"]
+    assert q.batch_shape == (60,)
+    errors = (q.mean - loc).abs()
+    ratios = q.stddev / scale
+    print(
+        f"trained groups: mean error {errors.mean():.3f} max {errors.max():.3f}, "
+        f"sd ratio {ratios.min():.3f} to {ratios.max():.3f}"
+    )
+    assert errors.mean() < 0.1 and errors.max() < 0.4
+    assert ((ratios - 1).abs() < 0.2).float().mean() > 0.9
+    assert abs(q.mean[-1]) < 0.3 and abs(q.stddev[-1] / PRIOR_SCALE - 1) < 0.2  # no rows: prior
+    new_group, new_x = grouped_data(30, SEED + 100)
+    new_loc, new_scale = exact_posterior(new_group, new_x, 30)
+    q_new = guide.encode(new_group, new_x, 30)["a"]
+    new_errors = (q_new.mean - new_loc).abs()
+    print(f"new groups: mean error {new_errors.mean():.3f}")
+    assert new_errors.mean() < 0.15
+    assert ((q_new.stddev / new_scale - 1).abs() < 0.25).float().mean() > 0.85
+
+
+def test_group_indices_are_checked_and_per_point_diagnostics_refuse_groups():
+    group, x = grouped_data(10, SEED)
+    guide = AutoAmortizedGuide(grouped_model, hidden_dims=(8,))
+    guide(group, x, 10)
+    loaded = pickle.loads(pickle.dumps(guide))  # no model: the guide checks the indices
+    # Without the model, the groups are 0 to the largest index (the last has no rows).
+    assert loaded.encode(group, x)["a"].batch_shape == (9,)
+    with pytest.raises(ValueError, match="'group' must give the group .* 1-D integer tensor"):
+        loaded.encode(group.float(), x)
+    with pytest.raises(ValueError, match="holds group indices from -1 to 8"):
+        loaded.encode(torch.cat([group[:-1], torch.tensor([-1])]), x)
+    with pytest.raises(ValueError, match="are groups of the rows of plate 'rows'"):
+        LocalIWAE(num_particles=2).loss(grouped_model, guide, group, x, 10)
+
+
+def test_ambiguous_group_index_is_an_error():
+    def model(group, other, x):
+        with pyro.plate("groups", 5):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(group)):
+            pyro.sample("x", dist.Normal(a[group] + other, 1.0), obs=x)
+
+    group = torch.arange(10) % 5
+    with pytest.raises(ValueError, match="several arguments could say which"):
+        AutoAmortizedGuide(model)(group, group.flip(0), torch.randn(10))
+
+
+def test_elbo_trains_with_rows_subsampled():
+    group, x = grouped_data(30, SEED)
+
+    def model(group, x):
+        with pyro.plate("groups", 30):
+            a = pyro.sample("a", dist.Normal(0.0, PRIOR_SCALE))
+        with pyro.plate("rows", len(group), subsample_size=64) as rows:
+            pyro.sample("x", dist.Normal(a[group[rows]], NOISE), obs=x[rows])
+
+    pyro.set_rng_seed(SEED)
+    guide = AutoAmortizedGuide(model, hidden_dims=(32, 32))
+    train(model, guide, group, x, steps=2500, lr=0.01)
+    loc, _ = exact_posterior(group, x, 30)
+    errors = (guide.encode(group, x)["a"].mean - loc).abs()
+    print(f"rows subsampled: mean error {errors.mean():.3f}")
+    assert errors.mean() < 0.15
