@@ -63,6 +63,8 @@ from .upstream import (
     Dependencies,
     check_dependencies,
     coupled_sites,
+    head_input_width,
+    modulated_reads,
     per_point,
     upstream_sites,
 )
@@ -332,8 +334,13 @@ def _build_plate(
             u: built.sampler.unconstrain(u, model_value(trace.nodes[u], outer))
             for u in upstream.get(name, ())
         }
-        pieces = [per_point(values[u], structure.sites[u], plate.dim) for u in values]
-        num_features = features.shape[-1] + sum(piece.shape[-1] for piece in pieces)
+        widths = {u: per_point(values[u], structure.sites[u], plate.dim).shape[-1] for u in values}
+        chosen = modulated_reads(widths, structure.sites)
+        num_features = head_input_width(
+            features.shape[-1],
+            [width for u, width in widths.items() if u not in chosen],
+            [width for u, width in widths.items() if u in chosen],
+        )
         if site.discrete is not None:
             head = DiscreteHead(
                 num_features,
