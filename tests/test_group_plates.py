@@ -8,6 +8,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED, train
+from pyro import poutine
 
 from pyro_amortized import AutoAmortizedGuide, LocalIWAE
 from pyro_amortized.set_encoders import SetEncoder
@@ -132,3 +133,25 @@ def test_elbo_trains_with_rows_subsampled():
     errors = (guide.encode(group, x)["a"].mean - loc).abs()
     print(f"rows subsampled: mean error {errors.mean():.3f}")
     assert errors.mean() < 0.15
+
+
+def test_elbo_trains_with_groups_subsampled():
+    group, x = grouped_data(30, SEED)
+
+    def model(group, x):
+        with pyro.plate("groups", 30, subsample_size=10) as chosen:
+            a = pyro.sample("a", dist.Normal(0.0, PRIOR_SCALE))
+        position = torch.full((30,), -1).index_put((chosen,), torch.arange(10))
+        kept = position[group] >= 0  # the rows of the chosen groups, scaled up
+        with pyro.plate("rows", len(group)), poutine.mask(mask=kept), poutine.scale(scale=3.0):
+            pyro.sample("x", dist.Normal(a[position[group].clamp(min=0)], NOISE), obs=x)
+
+    pyro.set_rng_seed(SEED)
+    guide = AutoAmortizedGuide(model, hidden_dims=(32, 32))
+    train(model, guide, group, x, steps=3000, lr=0.01)
+    loc, scale = exact_posterior(group, x, 30)
+    q = guide.encode(group, x)["a"]
+    errors, ratios = (q.mean - loc).abs(), q.stddev / scale
+    print(f"groups subsampled: mean error {errors.mean():.3f}, sd ratio {ratios.mean():.3f}")
+    assert errors.mean() < 0.25
+    assert abs(ratios.mean() - 1) < 0.2
