@@ -6,7 +6,7 @@ import struct
 import pytest
 import torch
 
-from pyro_amortized.datasets import load_fashion_mnist
+from pyro_amortized.datasets import load_fashion_mnist, load_radon
 
 
 def _write_idx(path, array, compress):
@@ -31,3 +31,14 @@ def test_fashion_mnist_missing_files_say_how_to_install(tmp_path):
         load_fashion_mnist(root=tmp_path)
     with pytest.raises(ValueError, match="split must be"):
         load_fashion_mnist("validation", root=tmp_path)
+
+
+def test_radon_ships_with_the_package():
+    data = load_radon()
+    assert {key: value.shape for key, value in data.items()} == {
+        "county": (919,),
+        "floor": (919,),
+        "log_radon": (919,),
+    }
+    assert data["county"].dtype == torch.int64 and data["county"].unique().numel() == 85
+    assert set(data["floor"].unique().tolist()) == {0.0, 1.0}

@@ -11,6 +11,8 @@ from helpers import SEED, train
 from pyro import poutine
 
 from pyro_amortized import AutoAmortizedGuide, LocalIWAE
+from pyro_amortized.datasets import load_radon
+from pyro_amortized.models import radon_model
 from pyro_amortized.set_encoders import SetEncoder
 
 PRIOR_SCALE = 2.0
@@ -155,3 +157,14 @@ def test_elbo_trains_with_groups_subsampled():
     print(f"groups subsampled: mean error {errors.mean():.3f}, sd ratio {ratios.mean():.3f}")
     assert errors.mean() < 0.25
     assert abs(ratios.mean() - 1) < 0.2
+
+
+def test_radon_counties_are_a_group_plate():
+    data = load_radon()
+    guide = AutoAmortizedGuide(radon_model, hidden_dims=(16,))
+    call = data["county"], data["floor"], data["log_radon"], 85
+    train(radon_model, guide, *call, steps=3)
+    assert guide.data_plates == {"counties": ("floor", "log_radon")}
+    assert guide.local_sites == ("a",)
+    assert set(guide.upstream_sites["a"]) == {"mu_a", "sigma_a", "b", "sigma_y"}
+    assert guide.encode(*call)["a"].batch_shape == (85,)
