@@ -383,8 +383,28 @@ def _data_plate(
     the data plate ``group[0]``, linked by the argument ``group[1]``."""
     full_size = frame.full_size or frame.size
     indices = None if explicit is None else _indices_argument(frame.name, explicit, arguments)
-    if group is not None:
-        return _group_plate(frame, feeds, arguments, sites, indices, group)
+    if group is None:
+        layout = _rows_layout(frame, feeds, arguments, indices)
+    else:
+        layout = _group_layout(frame, feeds, arguments, group)
+    return DataPlate(
+        indices=indices,
+        name=frame.name,
+        dim=frame.dim,
+        full_size=full_size,
+        subsample_size=frame.size if full_size != frame.size else None,
+        sites=sites,
+        **layout,
+    )
+
+
+def _rows_layout(
+    frame: CondIndepStackFrame,
+    feeds: tuple[tuple[str, int], ...],
+    arguments: dict,
+    indices: str | None,
+) -> dict[str, Any]:
+    """A data plate's inputs: the arguments with a row per data point."""
     feeds = tuple((name, axis) for name, axis in feeds if name != indices)
     if not feeds:
         raise ValueError(
@@ -392,33 +412,25 @@ def _data_plate(
             f"its indices '{indices}' has one row per data point. Pass the data as an "
             "argument, or name the inputs with amortize_on=."
         )
-    inputs = tuple(name for name, _ in feeds)
     axes = tuple(axis for _, axis in feeds)
     values = [arguments[name].movedim(axis, 0) for name, axis in feeds]
     rows = {value.shape[0] for value in values}
-    presubsampled = full_size != frame.size and rows == {frame.size}
-    return DataPlate(
-        indices=indices,
-        name=frame.name,
-        dim=frame.dim,
-        full_size=full_size,
-        subsample_size=frame.size if full_size != frame.size else None,
-        inputs=inputs,
-        point_shapes=tuple(value.shape[1:] for value in values),
-        presubsampled=presubsampled,
-        sites=sites,
-        axes=axes if any(axes) else (),
-    )
+    full_size = frame.full_size or frame.size
+    return {
+        "inputs": tuple(name for name, _ in feeds),
+        "point_shapes": tuple(value.shape[1:] for value in values),
+        "presubsampled": full_size != frame.size and rows == {frame.size},
+        "axes": axes if any(axes) else (),
+    }
 
 
-def _group_plate(
+def _group_layout(
     frame: CondIndepStackFrame,
     feeds: tuple[tuple[str, int], ...],
     arguments: dict,
-    sites: tuple[str, ...],
-    indices: str | None,
     group: tuple[str, str],
-) -> DataPlate:
+) -> dict[str, Any]:
+    """A group plate's inputs: the other arguments of its rows' data plate."""
     rows_plate, group_index = group
     inputs = tuple(name for name, axis in feeds if axis == 0 and name != group_index)
     if not inputs:
@@ -427,20 +439,13 @@ def _group_plate(
             f"'{rows_plate}' (grouped by '{group_index}'), but no other argument has one "
             "row per row of it. Pass the rows' data as arguments of the model."
         )
-    full_size = frame.full_size or frame.size
-    return DataPlate(
-        indices=indices,
-        name=frame.name,
-        dim=frame.dim,
-        full_size=full_size,
-        subsample_size=frame.size if full_size != frame.size else None,
-        inputs=inputs,
-        point_shapes=tuple(arguments[name].shape[1:] for name in inputs),
-        presubsampled=False,
-        sites=sites,
-        group_index=group_index,
-        rows_plate=rows_plate,
-    )
+    return {
+        "inputs": inputs,
+        "point_shapes": tuple(arguments[name].shape[1:] for name in inputs),
+        "presubsampled": False,
+        "group_index": group_index,
+        "rows_plate": rows_plate,
+    }
 
 
 def _indices_argument(plate: str, indices: torch.Tensor, arguments: dict[str, Any]) -> str:
