@@ -63,8 +63,6 @@ from .upstream import (
     Dependencies,
     check_dependencies,
     coupled_sites,
-    head_input_width,
-    modulated_reads,
     per_point,
     upstream_sites,
 )
@@ -334,14 +332,8 @@ def _build_plate(
             u: built.sampler.unconstrain(u, model_value(trace.nodes[u], outer))
             for u in upstream.get(name, ())
         }
-        widths = {u: per_point(values[u], structure.sites[u], plate.dim).shape[-1] for u in values}
-        chosen = modulated_reads(widths, _noise_read(structure, options))
-        built.calls.modulated[name] = chosen
-        num_features = head_input_width(
-            features.shape[-1],
-            [width for u, width in widths.items() if u not in chosen],
-            [width for u, width in widths.items() if u in chosen],
-        )
+        pieces = [per_point(values[u], structure.sites[u], plate.dim) for u in values]
+        num_features = features.shape[-1] + sum(piece.shape[-1] for piece in pieces)
         if site.discrete is not None:
             head = DiscreteHead(
                 num_features,
@@ -358,15 +350,6 @@ def _build_plate(
                 family, name, num_features, loc, scale, event_dim, options.family_options
             )
         modules.heads[module_key(name)] = head
-
-
-def _noise_read(structure: ModelStructure, options: GuideOptions) -> frozenset[str]:
-    """The global sites of the Normal family, which heads read as their noise."""
-    families = {
-        name: options.site_families.get(name, options.global_family)
-        for name in structure.global_sites
-    }
-    return frozenset(name for name, family in families.items() if family == "normal")
 
 
 def _local_start(

@@ -55,8 +55,6 @@ class CallReader:
         self.locations = locations
         self.sources = sources
         self.plans: dict[tuple, CallPlan] = {}
-        # Per local site, the global sites its head reads times its features.
-        self.modulated: dict[str, frozenset[str]] = {}
         self.weights_vary = False  # tensor weights: read on every call
         self.trained_latent: set[str] = set()  # sometimes-observed sites trained latent
         self.generated_warned: set[str] = set()  # plates warned about once

@@ -85,11 +85,8 @@ class _Pass:
     ) -> dist.Distribution:
         """The head's distribution for the plate's rows, given what it reads."""
         sites = self.calls.structure.sites
-        pieces = {u: per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads}
-        chosen = self.calls.modulated.get(step.name, frozenset())
-        read = [piece for u, piece in pieces.items() if u not in chosen]
-        modulated = [piece for u, piece in pieces.items() if u in chosen]
-        return self.heads[step.key](head_input(features, read, modulated))
+        pieces = [per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads]
+        return self.heads[step.key](head_input(features, pieces))
 
 
 class SamplingPass(_Pass):

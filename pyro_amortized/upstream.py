@@ -12,7 +12,7 @@ sites the posterior couples are linked, and the later site in the guide's order
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from pyro import poutine
@@ -180,49 +180,11 @@ def per_point(value: torch.Tensor, site: LatentSite, plate_dim: int) -> torch.Te
     return value.reshape(value.shape[: position + 1] + (-1,))
 
 
-MAX_MODULATED_INPUTS = 16
-"""A head's global inputs are modulated by the features (see :func:`head_input`)
-when they hold at most this many values together: the products cost one input
-of the head per value and feature."""
-
-
-def modulated_reads(widths: Mapping[str, int], noise_read: Collection[str]) -> frozenset[str]:
-    """The inputs of a head (by name, with their widths) that :func:`head_input`
-    modulates: the global sites read as their proposal's noise (``noise_read``,
-    see :func:`~pyro_amortized.passes.standardized`), where they are few enough.
-    A point estimate or a global of another family is read as it is, and its
-    unbounded value is not multiplied into the features."""
-    chosen = [name for name in widths if name in noise_read]
-    if sum(widths[name] for name in chosen) > MAX_MODULATED_INPUTS:
-        return frozenset()
-    return frozenset(chosen)
-
-
-def head_input(
-    features: torch.Tensor, pieces: Sequence[torch.Tensor], modulated: Sequence[torch.Tensor] = ()
-) -> torch.Tensor:
+def head_input(features: torch.Tensor, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
     """The encoder's features and the upstream values side by side, broadcast
-    over their leading dimensions; each of the ``modulated`` values (global
-    sites) also times each feature, so that the head's linear map of a global
-    value has a coefficient of its own per data point (see
-    :func:`head_input_width`).
-
-    A local site's exact conditional posterior given a global one is typically
-    so: in a hierarchical model ``a_g | b`` has the mean ``m_g - c_g b``, with
-    ``c_g`` set by the group's data.
-    """
-    if not pieces and not modulated:
+    over their leading dimensions."""
+    if not pieces:
         return features
-    tensors = [features, *pieces, *modulated]
+    tensors = [features, *pieces]
     batch = torch.broadcast_shapes(*(tensor.shape[:-1] for tensor in tensors))
-    tensors = [tensor.expand(batch + tensor.shape[-1:]) for tensor in tensors]
-    if modulated:
-        globals_ = torch.cat(tensors[len(tensors) - len(modulated) :], -1)
-        products = globals_.unsqueeze(-1) * tensors[0].unsqueeze(-2)
-        tensors.append(products.flatten(-2))
-    return torch.cat(tensors, -1)
-
-
-def head_input_width(num_features: int, widths: Sequence[int], modulated: Sequence[int]) -> int:
-    """The width of :func:`head_input` for pieces and modulated values of these widths."""
-    return num_features + sum(widths) + sum(modulated) * (1 + num_features)
+    return torch.cat([tensor.expand(batch + tensor.shape[-1:]) for tensor in tensors], -1)
