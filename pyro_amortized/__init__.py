@@ -9,6 +9,7 @@ from .family_guides import (
 )
 from .guides import AutoAmortizedGuide, AutoAmortizedNormal
 from .iwae import LocalIWAE
+from .sequences import SequenceEncoder
 
 __all__ = [
     "AutoAmortizedDelta",
@@ -19,5 +20,6 @@ __all__ = [
     "AutoAmortizedNormalizingFlow",
     "LocalIWAE",
     "MLPEncoder",
+    "SequenceEncoder",
 ]
 __version__ = "0.1.0"

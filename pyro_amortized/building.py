@@ -50,6 +50,7 @@ from .observed import (
 from .params import module_key
 from .prototype import model_value, trace_prototype
 from .sampling import SiteSampler, is_identity
+from .sequences import SequenceEncoder, TimeStep, chain_steps, has_time_axis, time_chains
 from .set_encoders import SetEncoder
 from .structure import (
     AmortizeOn,
@@ -269,12 +270,41 @@ def _check_encoder_plates(encoder: Any, structure: ModelStructure) -> None:
             )
 
 
-def _plate_encoder(options: GuideOptions, plate: str) -> nn.Module:
+def _plate_encoder(options: GuideOptions, plate: str, num_steps: int) -> nn.Module:
+    """The plate's encoder: the user's, or a sequence encoder for a plate of
+    sequences (``num_steps``), or an MLP."""
     encoder = options.encoder
     if isinstance(encoder, Mapping):
         encoder = encoder.get(plate)
     # Explicit None: an empty nn.Sequential is a valid encoder but is falsy.
-    return MLPEncoder(options.hidden_dims) if encoder is None else encoder
+    if encoder is None:
+        return (
+            SequenceEncoder(num_steps, options.hidden_dims)
+            if num_steps
+            else MLPEncoder(options.hidden_dims)
+        )
+    if isinstance(encoder, SequenceEncoder) and encoder.num_steps != num_steps:
+        raise ValueError(
+            f"The SequenceEncoder of plate '{plate}' has {encoder.num_steps} steps, but "
+            f"the plate's chain of local sites has {num_steps or 'none'}."
+        )
+    return encoder
+
+
+def _time_steps(built: BuiltGuide, plate: DataPlate, values: list[Any]) -> dict[str, TimeStep]:
+    """The steps of the plate's time chains whose heads can be shared and whose
+    data have a time axis, all of one length (:mod:`~pyro_amortized.sequences`)."""
+    found: dict[str, TimeStep] = {}
+    if plate.group_index:
+        return found
+    length = None
+    for chain in time_chains(plate.sites, built.structure.sites):
+        steps = chain_steps(chain, built.calls.upstream)
+        timed = any(has_time_axis(value, len(chain)) for value in values)
+        if steps and timed and length in (None, len(chain)):
+            found.update(steps)
+            length = len(chain)
+    return found
 
 
 def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.device:
@@ -307,8 +337,12 @@ def _build_plate(
 ) -> None:
     """A data plate's encoder, and the heads of its local sites."""
     trace, outer = prototype
-    encoder = _plate_encoder(options, plate.name)
     values = plate.rows_first([arguments[name] for name in plate.arguments])
+    steps = _time_steps(built, plate, values)
+    num_steps = max((step.position + 1 for step in steps.values()), default=0)
+    encoder = _plate_encoder(options, plate.name, num_steps)
+    if not isinstance(encoder, SequenceEncoder):
+        steps, num_steps = {}, 0
     rows = values[1:] if plate.group_index else values
     inputs = plate_inputs(plate, rows, None, None)
     if options.standardize_inputs:
@@ -326,14 +360,29 @@ def _build_plate(
         features = plate_features(encoder, plate, values, None, plate.full_size)
     modules.encoders[module_key(plate.name)] = encoder
     structure, upstream = built.structure, built.calls.upstream
+    if num_steps:
+        built.calls.sequence_steps[plate.name] = num_steps
+    shared: dict[str, tuple[nn.Module, int]] = {}  # a chain's head and step width
     for name in plate.sites:
         site = structure.sites[name]
+        step = steps.get(name)
+        if step is not None and step.chain in shared:
+            head, width = shared[step.chain]
+            built.calls.time_steps[name] = dataclasses.replace(step, width=width)
+            modules.heads[module_key(name)] = head
+            continue
         values = {
             u: built.sampler.unconstrain(u, model_value(trace.nodes[u], outer))
-            for u in upstream.get(name, ())
+            for u in upstream.get(name, ()) + (() if step is None else (name,))
         }
-        pieces = [per_point(values[u], structure.sites[u], plate.dim) for u in values]
-        num_features = features.shape[-1] + sum(piece.shape[-1] for piece in pieces)
+        widths = {u: per_point(values[u], structure.sites[u], plate.dim).shape[-1] for u in values}
+        num_features = features.shape[-1] + sum(widths.values())
+        if step is not None:  # the step's features, its neighbour or zeros, what else it reads
+            width = widths.pop(name)
+            num_features = features.shape[-1] // num_steps + sum(widths.values()) + width
+            if step.neighbour is not None:
+                num_features -= width
+            built.calls.time_steps[name] = dataclasses.replace(step, width=width)
         if site.discrete is not None:
             head = DiscreteHead(
                 num_features,
@@ -350,6 +399,8 @@ def _build_plate(
                 family, name, num_features, loc, scale, event_dim, options.family_options
             )
         modules.heads[module_key(name)] = head
+        if step is not None:
+            shared[step.chain] = head, width
 
 
 def _local_start(

@@ -23,6 +23,7 @@ from .encoders import plate_inputs
 from .observed import observed_sources
 from .plan import UNKNOWN, CallPlan, site_steps
 from .prototype import trace_prototype
+from .sequences import TimeStep
 from .structure import DataPlate, ModelStructure
 from .user_warnings import warn
 from .weights import Weight, vary, weights_on_rows
@@ -55,6 +56,9 @@ class CallReader:
         self.locations = locations
         self.sources = sources
         self.plans: dict[tuple, CallPlan] = {}
+        # The steps of time chains, and per sequence plate its number of steps.
+        self.time_steps: dict[str, TimeStep] = {}
+        self.sequence_steps: dict[str, int] = {}
         self.weights_vary = False  # tensor weights: read on every call
         self.trained_latent: set[str] = set()  # sometimes-observed sites trained latent
         self.generated_warned: set[str] = set()  # plates warned about once

@@ -85,7 +85,20 @@ class _Pass:
     ) -> dist.Distribution:
         """The head's distribution for the plate's rows, given what it reads."""
         sites = self.calls.structure.sites
-        pieces = [per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads]
+        time = self.calls.time_steps.get(step.name)
+        if time is None:
+            pieces = [per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads]
+            return self.heads[step.key](head_input(features, pieces))
+        # A step of a time chain: its step's features, what it reads, its neighbour last.
+        num_steps = self.calls.sequence_steps[plate.plate.name]
+        features = features.reshape(features.shape[:-1] + (num_steps, -1))[..., time.position, :]
+        reads = [u for u in step.reads if u != time.neighbour] + [time.neighbour]
+        pieces = [
+            features.new_zeros(features.shape[:-1] + (time.width,))
+            if u is None
+            else per_point(self.read[u], sites[u], plate.plate.dim)
+            for u in reads
+        ]
         return self.heads[step.key](head_input(features, pieces))
 
 

@@ -167,6 +167,14 @@ class CallPlan:
         :param outer: plates that enclosed the call.
         :param structure: the model's structure, read on the first call.
         """
+        missing = [name for name in structure.sites if name not in trace.nodes]
+        if missing:
+            raise ValueError(
+                f"The model samples no site {missing} in this call, but the guide was built "
+                "for them: its sites must be the same in every call (a chain of time steps "
+                "as long as in the first call; pad sequences to one length and mask the "
+                "padding). Build a new guide for another layout."
+            )
         return cls(
             plate_sizes=plate_sizes(trace, list(structure.frames)),
             weights=handler_weights(trace, structure.sites),

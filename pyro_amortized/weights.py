@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.util import get_rng_state, set_rng_state
@@ -50,7 +51,7 @@ def handler_weights(trace: poutine.Trace, names: Iterable[str]) -> dict[str, Wei
             if frame.full_size and frame.size > 0
         )
         scale = site["scale"] / subsampling
-        mask = site["mask"]
+        mask = _combined(site["mask"], distribution_mask(name, site["fn"]))
         if not isinstance(scale, torch.Tensor) and math.isclose(scale, 1.0):
             scale = 1.0
         if mask is True:
@@ -58,6 +59,48 @@ def handler_weights(trace: poutine.Trace, names: Iterable[str]) -> dict[str, Wei
         if isinstance(scale, torch.Tensor) or scale != 1.0 or mask is not None:
             weights[name] = (scale, mask)
     return weights
+
+
+def distribution_mask(name: str, fn: Any) -> Any:
+    """The mask a site's distribution puts on its own log-density
+    (``dist.Normal(...).mask(m)``), over the site's batch shape: ``None`` if
+    there is none. A mask over event dimensions (``.mask(m).to_event(1)``, as
+    Pyro's deep Markov model pads its time steps) becomes the site's where it is
+    the same over them.
+
+    :raises ValueError: where the mask differs within one event, which no mask
+        on the guide's site can mirror.
+    """
+    event_dims = 0
+    while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
+        if isinstance(fn, dist.MaskedDistribution):
+            mask = fn._mask
+            if not isinstance(mask, torch.Tensor):
+                return None if mask else False
+            mask = mask.expand(fn.batch_shape)
+            if event_dims == 0:
+                return mask
+            inner = tuple(range(-event_dims, 0))
+            if not torch.equal(mask.all(inner), mask.any(inner)):
+                raise ValueError(
+                    f"Site '{name}' is masked within its event (.mask() inside .to_event()) "
+                    "differently from entry to entry, which the guide cannot mirror on its "
+                    "site. Mask whole values (a mask constant over the event dimensions), "
+                    "or use poutine.mask."
+                )
+            return mask.all(inner)
+        event_dims += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return None
+
+
+def _combined(handler: Any, own: Any) -> Any:
+    """Both masks of a site: the handlers' (``True`` for none) and its distribution's."""
+    if own is None:
+        return handler
+    if handler is True or handler is None:
+        return own
+    return handler & own if isinstance(handler, torch.Tensor) else (own if handler else False)
 
 
 def vary(weights: Mapping[str, Weight]) -> bool:

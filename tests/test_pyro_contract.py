@@ -344,6 +344,47 @@ def test_a_masked_local_site_keeps_a_bounded_scale():
     assert largest < 3.0
 
 
+def padded_model(x, mask):
+    """Padded rows masked by the distribution itself, over its event (as Pyro's
+    deep Markov model masks its time steps)."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).mask(mask[:, None]).to_event(1))
+        pyro.sample("x", dist.Normal(z, 0.5).mask(mask[:, None]).to_event(1), obs=x)
+
+
+def test_a_distributions_own_mask_weights_the_guide_exactly():
+    x, mask = torch.randn(12, 2), torch.arange(12) < 7
+    guide = AutoAmortizedGuide(padded_model, hidden_dims=(8,))
+    guide(x, mask)
+
+    def hand_written(x, mask):
+        q_z = guide.encode(x, mask)["z"]
+        with pyro.plate("data", x.shape[0]), poutine.mask(mask=mask):
+            pyro.sample("z", q_z)
+
+    losses = {}
+    for name, candidate in (("ours", guide), ("hand", hand_written)):
+        pyro.set_rng_seed(SEED)
+        trace = poutine.trace(candidate).get_trace(x, mask)
+        assert torch.equal(trace.nodes["z"]["mask"], mask)
+        pyro.set_rng_seed(SEED)
+        losses[name] = Trace_ELBO(num_particles=16, vectorize_particles=True).loss(
+            padded_model, candidate, x, mask
+        )
+    assert losses["ours"] == pytest.approx(losses["hand"], rel=1e-6)
+
+
+def test_a_mask_that_differs_within_an_event_is_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            mask = torch.tensor([True, False])
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).mask(mask).to_event(1))
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="masked within its event"):
+        AutoAmortizedGuide(model)(torch.randn(5))
+
+
 def test_masks_follow_the_minibatch_rows():
     def model(x, mask):
         with pyro.plate("data", x.shape[0], subsample_size=5) as rows:
