@@ -299,7 +299,7 @@ def _time_steps(built: BuiltGuide, plate: DataPlate, values: list[Any]) -> dict[
         return found
     length = None
     for chain in time_chains(plate.sites, built.structure.sites):
-        steps = chain_steps(chain, built.calls.upstream)
+        steps = chain_steps(chain, built.calls.upstream, built.structure.global_sites)
         timed = any(has_time_axis(value, len(chain)) for value in values)
         if steps and timed and length in (None, len(chain)):
             found.update(steps)
@@ -343,6 +343,10 @@ def _build_plate(
     encoder = _plate_encoder(options, plate.name, num_steps)
     if not isinstance(encoder, SequenceEncoder):
         steps, num_steps = {}, 0
+    for name, step in steps.items():  # the chain's shared reads
+        reads = step.reads + ((step.neighbour,) if step.neighbour else ())
+        if reads:
+            built.calls.upstream[name] = reads
     rows = values[1:] if plate.group_index else values
     inputs = plate_inputs(plate, rows, None, None)
     if options.standardize_inputs:

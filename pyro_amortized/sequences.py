@@ -11,6 +11,7 @@ the parameter count does not grow with the number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,12 +38,14 @@ class TimeStep:
     :param neighbour: the adjacent step the site's head reads, if any (the
         first step the guide samples reads none, and zeros in its place).
     :param width: the width of a step's value as heads read it.
+    :param reads: the sites outside the chain that every step's head reads.
     """
 
     chain: str
     position: int
     neighbour: str | None
     width: int = 0
+    reads: tuple[str, ...] = ()
 
 
 def time_chains(names: Sequence[str], sites: Mapping[str, LatentSite]) -> list[tuple[str, ...]]:
@@ -65,22 +68,31 @@ def time_chains(names: Sequence[str], sites: Mapping[str, LatentSite]) -> list[t
 
 
 def chain_steps(
-    chain: Sequence[str], upstream: Mapping[str, tuple[str, ...]]
+    chain: Sequence[str],
+    upstream: Mapping[str, tuple[str, ...]],
+    global_sites: Sequence[str] = (),
 ) -> dict[str, TimeStep] | None:
     """Each step's :class:`TimeStep`, where the steps' heads can be one: each
-    reads at most one other step, an adjacent one, and the same sites outside
-    the chain in the same order. ``None`` where they cannot."""
+    reads at most one other step, an adjacent one, and the same local sites
+    outside the chain in the same order. Global sites that some steps read
+    (the first step often reads fewer: ``z_0`` has no transition) are read by
+    every step (:attr:`TimeStep.reads`). ``None`` where the heads cannot be one."""
     members = set(chain)
-    steps, outside = {}, set()
+    steps, locals_, globals_ = {}, set(), set()
     for position, name in enumerate(chain):
         reads = upstream.get(name, ())
         inside = [u for u in reads if u in members]
         neighbours = {chain[i] for i in (position - 1, position + 1) if 0 <= i < len(chain)}
         if len(inside) > 1 or not set(inside) <= neighbours:
             return None
-        outside.add(tuple(u for u in reads if u not in members))
+        outside = [u for u in reads if u not in members]
+        locals_.add(tuple(u for u in outside if u not in global_sites))
+        globals_.update(u for u in outside if u in global_sites)
         steps[name] = TimeStep(chain[0], position, inside[0] if inside else None)
-    return steps if len(outside) == 1 else None
+    if len(locals_) != 1:
+        return None
+    reads = tuple(u for u in global_sites if u in globals_) + locals_.pop()
+    return {name: dataclasses.replace(step, reads=reads) for name, step in steps.items()}
 
 
 def _shape(site: LatentSite) -> tuple:

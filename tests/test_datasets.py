@@ -1,12 +1,13 @@
 """Data loaders read local files only."""
 
 import gzip
+import math
 import struct
 
 import pytest
 import torch
 
-from pyro_amortized.datasets import load_fashion_mnist, load_radon
+from pyro_amortized.datasets import load_chick_weights, load_fashion_mnist, load_radon
 
 
 def _write_idx(path, array, compress):
@@ -42,3 +43,18 @@ def test_radon_ships_with_the_package():
     }
     assert data["county"].dtype == torch.int64 and data["county"].unique().numel() == 85
     assert set(data["floor"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_chick_weights_ship_with_the_package():
+    data = load_chick_weights()
+    assert {key: value.shape for key, value in data.items()} == {
+        "log_weight": (50, 12),
+        "mask": (50, 12),
+        "diet": (50,),
+    }
+    weighings = data["mask"].sum(1)
+    assert weighings.sum() == 578 and (weighings == 12).sum() == 45
+    assert torch.equal(data["mask"], torch.arange(12) < weighings[:, None])  # a prefix each
+    assert torch.all(data["log_weight"][~data["mask"]] == 0)
+    assert data["diet"].bincount().tolist() == [20, 10, 10, 10]
+    assert data["log_weight"][0, 0] == pytest.approx(math.log(42))  # chick 1 hatched at 42 g

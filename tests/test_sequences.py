@@ -10,6 +10,8 @@ from helpers import SEED
 from pyro import poutine
 
 from pyro_amortized import AutoAmortizedGuide, SequenceEncoder
+from pyro_amortized.datasets import load_chick_weights
+from pyro_amortized.models import chick_growth_model
 from pyro_amortized.sequences import TimeStep, chain_steps, time_chains
 
 TRANSITION, NOISE, OBSERVATION = 0.9, 0.5, 0.7
@@ -87,7 +89,9 @@ def test_chains_are_found_by_name():
     steps = chain_steps(("z_1", "z_2", "z_3"), upstream)
     assert steps["z_1"] == TimeStep("z_1", 0, "z_2") and steps["z_3"] == TimeStep("z_1", 2, None)
     assert chain_steps(("z_1", "z_2", "z_3"), {"z_1": ("z_3",)}) is None  # not adjacent
-    assert chain_steps(("z_1", "z_2", "z_3"), {"z_1": ("a",)}) is None  # reads differ
+    assert chain_steps(("z_1", "z_2", "z_3"), {"z_1": ("a",)}) is None  # local reads differ
+    shared = chain_steps(("z_1", "z_2", "z_3"), {"z_2": ("g", "z_1"), "z_3": ("h",)}, ("g", "h"))
+    assert {step.reads for step in shared.values()} == {("g", "h")}  # globals: every step
 
 
 def test_the_steps_share_one_head_and_a_sequence_encoder():
@@ -101,6 +105,19 @@ def test_the_steps_share_one_head_and_a_sequence_encoder():
         assert isinstance(guide.network.encoders["sequences"], SequenceEncoder)
         sizes.append(sum(p.numel() for p in guide.parameters()))
     assert sizes[0] == sizes[1]  # no parameter per step
+
+
+def test_every_step_reads_the_globals_that_any_step_reads():
+    # z_0 has no transition, so the model couples it with fewer globals than
+    # the later steps; the shared head reads them all at every step.
+    data = load_chick_weights()
+    guide = AutoAmortizedGuide(chick_growth_model, hidden_dims=(8,))
+    guide(data["log_weight"], data["mask"], data["diet"])
+    reads = guide.upstream_sites
+    assert reads["z_0"] == ("drift", "sigma_z", "sigma_x", "z_1")
+    assert reads["z_11"] == ("drift", "sigma_z", "sigma_x")
+    assert guide.network.heads["z_0"] is guide.network.heads["z_11"]
+    assert isinstance(guide.network.encoders["chicks"], SequenceEncoder)
 
 
 def test_a_sequence_encoder_of_another_length_is_refused():
