@@ -46,11 +46,13 @@ class LogWeights:
     :param outside: ``(num_particles,)``: model terms outside the data plate
         (the globals' prior, observations outside it), per particle.
     :param scale: the data plate's subsampling scale (full size / rows).
+    :param guide_trace: the guide's vectorized trace of the run.
     """
 
     local: torch.Tensor
     outside: torch.Tensor
     scale: float
+    guide_trace: poutine.Trace | None = None
 
 
 def max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
@@ -100,32 +102,48 @@ def log_weights(
         model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+    model_part = per_row_log_prob(model_trace, plate, nesting)
+    guide_part = per_row_log_prob(guide_trace, plate, nesting, observed=False)
+    zeros = torch.zeros(num_particles, 1, device=_trace_device(model_trace))
+    return LogWeights(
+        local=zeros + model_part.local - guide_part.local,
+        outside=zeros[:, 0] + model_part.outside - guide_part.outside,
+        scale=model_part.scale,
+        guide_trace=guide_trace,
+    )
+
+
+def per_row_log_prob(
+    trace: poutine.Trace, plate: str, nesting: int, observed: bool = True
+) -> LogWeights:
+    """A vectorized trace's log density split per row of ``plate``: ``local``
+    ``(particles, rows)`` and ``outside`` ``(particles,)`` (or 0.0 where no
+    site adds to them); observed sites left out unless ``observed``.
+
+    :raises ValueError: if a site is enumerated (not supported here).
+    """
     local = outside = 0.0  # tensors once a site adds to them
     scale = 1.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace = prune_subsample_sites(trace)
-        trace.compute_log_prob()
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or (sign < 0 and site["is_observed"]):
-                continue
-            if site["infer"].get("enumerate"):
-                raise ValueError(
-                    f"Site '{name}' is enumerated; per-data-point importance weights need "
-                    "sampled sites. Remove its infer={'enumerate': ...}."
-                )
-            log_prob = site["log_prob"]
-            full = log_prob.reshape((1,) * (nesting + 1 - log_prob.dim()) + log_prob.shape)
-            frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
-            if frame is None:
-                outside = outside + sign * full.reshape(full.shape[0], -1).sum(-1)
-                continue
-            row_dim = nesting + 1 + frame.dim
-            per_row = full.movedim(row_dim, 1)
-            per_row = per_row.reshape(per_row.shape[:2] + (-1,)).sum(-1)
-            local = local + sign * per_row
-            scale = float(site["scale"])
-    zeros = torch.zeros(num_particles, 1, device=_trace_device(model_trace))
-    return LogWeights(local=zeros + local, outside=zeros[:, 0] + outside, scale=scale)
+    trace = prune_subsample_sites(trace)
+    trace.compute_log_prob()
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or (not observed and site["is_observed"]):
+            continue
+        if site["infer"].get("enumerate"):
+            raise ValueError(
+                f"Site '{name}' is enumerated; per-data-point importance weights need "
+                "sampled sites. Remove its infer={'enumerate': ...}."
+            )
+        log_prob = site["log_prob"]
+        full = log_prob.reshape((1,) * (nesting + 1 - log_prob.dim()) + log_prob.shape)
+        frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+        if frame is None:
+            outside = outside + full.reshape(full.shape[0], -1).sum(-1)
+            continue
+        per_row = full.movedim(nesting + 1 + frame.dim, 1)
+        local = local + per_row.reshape(per_row.shape[:2] + (-1,)).sum(-1)
+        scale = float(site["scale"])
+    return LogWeights(local=local, outside=outside, scale=scale)
 
 
 def _trace_device(trace: poutine.Trace) -> torch.device:
