@@ -65,7 +65,7 @@ test: install lint unit tutorials-short docs
 demo: install
 	$(PYTHON) examples/vae_digits.py
 
-BENCHMARKS := bench_step_time bench_pytorch bench_new_data bench_memory bench_batch_size bench_compile
+BENCHMARKS := bench_step_time bench_pytorch bench_new_data bench_memory bench_batch_size bench_compile bench_correlated
 
 bench: install
 	for script in $(BENCHMARKS); do $(PYTHON) benchmarks/$$script.py || exit 1; done
