@@ -13,7 +13,7 @@ this module gives all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,14 +158,3 @@ def _uniformity_p_value(ranks: torch.Tensor, num_samples: int, bins: int) -> flo
     statistic = ((counts - expected) ** 2 / expected).sum()
     degrees = torch.tensor((bins - 1) / 2, dtype=torch.double)
     return torch.special.gammaincc(degrees, statistic / 2).item()
-
-
-__all__: Sequence[str] = (
-    "AmortizationGapReport",
-    "RefinedGuide",
-    "SBCReport",
-    "amortization_gap",
-    "log_evidence",
-    "refine",
-    "sbc",
-)

@@ -13,7 +13,7 @@ import torch
 
 from .guides import AutoAmortizedGuide
 from .heads import widened
-from .iwae import log_weights, logmeanexp, max_plate_nesting, single_data_plate
+from .iwae import log_weights_in_chunks, logmeanexp, max_plate_nesting, single_data_plate
 from .proposals import fitted_weights
 from .refinement import check_density_on_every_row, check_positive, refine
 from .rows import every_row
@@ -282,31 +282,8 @@ def _log_evidence(
 
 
 def _local_weights(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
-    *,
-    num_particles: int,
-    chunk_size: int,
-    nesting: int,
-    condition: dict[str, torch.Tensor],
-    plate: str,
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, **options: Any
 ) -> torch.Tensor:
     """``(num_particles, rows)`` local log weights, in chunks of particles."""
-    chunks = []
-    for start in range(0, num_particles, chunk_size):
-        size = min(chunk_size, num_particles - start)
-        chunks.append(
-            log_weights(
-                model,
-                guide,
-                args,
-                kwargs,
-                plate=plate,
-                num_particles=size,
-                nesting=nesting,
-                condition=condition,
-            ).local
-        )
-    return torch.cat(chunks)
+    runs = log_weights_in_chunks(model, guide, args, kwargs, **options)
+    return torch.cat([run.local for run in runs])

@@ -113,6 +113,26 @@ def log_weights(
     )
 
 
+def log_weights_in_chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    chunk_size: int,
+    **options: Any,
+) -> list[LogWeights]:
+    """:func:`log_weights` of ``num_particles`` particles, in vectorized runs
+    of at most ``chunk_size`` (memory); ``options`` as :func:`log_weights`'s."""
+    sizes = [
+        min(chunk_size, num_particles - start) for start in range(0, num_particles, chunk_size)
+    ]
+    return [
+        log_weights(model, guide, args, kwargs, num_particles=size, **options) for size in sizes
+    ]
+
+
 def per_row_log_prob(
     trace: poutine.Trace, plate: str, nesting: int, observed: bool = True
 ) -> LogWeights:

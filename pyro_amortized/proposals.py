@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from .iwae import PARTICLE_PLATE, log_weights, per_row_log_prob
+from .iwae import PARTICLE_PLATE, log_weights_in_chunks, per_row_log_prob
 
 DEFENSIVE_WEIGHT = 0.2
 """The widened guide's share of the mixture proposal."""
@@ -76,39 +76,33 @@ def fitted_weights(
     *,
     num_particles: int,
     chunk_size: int,
-    nesting: int,
-    condition: dict[str, torch.Tensor],
-    plate: str,
     widen: Callable[[float], AbstractContextManager],
+    **options: Any,
 ) -> torch.Tensor | None:
     """``(num_particles, rows)`` log importance weights of the mixture proposal
     fitted to a first run of ``proposal`` (with as many particles) and refitted
-    (:data:`ADAPTATION_ROUNDS`); ``None``
-    where a local site is discrete (the widened guide alone is used then).
-    ``widen(factor)`` widens ``proposal`` in its block."""
+    (:data:`ADAPTATION_ROUNDS`); ``None`` where a local site is discrete (the
+    widened guide alone is used then). ``widen(factor)`` widens ``proposal`` in
+    its block; ``options`` (``plate``, ``nesting``, ``condition``) are those of
+    :func:`~pyro_amortized.iwae.log_weights`."""
     with widen(FIT_WIDENING):
-        return _adapted_weights(
-            model, proposal, args, kwargs, num_particles, chunk_size, nesting, condition, plate
-        )
+        return _adapted_weights(model, proposal, (args, kwargs), num_particles, chunk_size, options)
 
 
 def _adapted_weights(
     model: Callable,
     proposal: Callable,
-    args: tuple,
-    kwargs: dict,
+    call: tuple[tuple, dict],
     num_particles: int,
     chunk_size: int,
-    nesting: int,
-    condition: dict[str, torch.Tensor],
-    plate: str,
+    options: dict[str, Any],
 ) -> torch.Tensor | None:
-    options = {"nesting": nesting, "condition": condition, "plate": plate}
-    pilot = [
-        log_weights(model, proposal, args, kwargs, num_particles=size, **options)
-        for size in _chunks(num_particles, chunk_size)
-    ]
-    sites = _local_sites(pilot[0].guide_trace, plate, nesting, set(condition))
+    args, kwargs = call
+    pilot = log_weights_in_chunks(
+        model, proposal, args, kwargs, num_particles=num_particles, chunk_size=chunk_size, **options
+    )
+    nesting, plate = options["nesting"], options["plate"]
+    sites = _local_sites(pilot[0].guide_trace, plate, nesting, set(options["condition"]))
     if sites is None:
         return None
     draws = torch.cat([_row_vectors(run.guide_trace, sites) for run in pilot])
