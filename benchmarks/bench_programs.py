@@ -2,9 +2,9 @@
 
 Each program of :mod:`examples.ports` (Pyro's VAE, semi-supervised VAE,
 conditional VAE, LDA, HMM, the Gaussian mixture tutorial with assignments
-summed out or sampled, ProdLDA) is trained twice with the same optimizer,
-ELBO, steps, batch size, widths and seed: once with its own guide, once with
-``AutoAmortizedGuide(model)``. The table gives the program's metric for each
+summed out or sampled, ProdLDA, the deep Markov model) is trained twice with
+the same optimizer, ELBO, steps, batch size, widths and seed: once with its own
+guide, once with ``AutoAmortizedGuide(model)``. The table gives the program's metric for each
 (an ELBO per data point on held-out data, or the test accuracy of the
 semi-supervised VAE), the relative difference ``(amortized - hand) / |hand|``
 and the ratio of step times (amortized / hand-written). Where the amortized
@@ -41,7 +41,7 @@ from common import machine_line, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the examples package
 
-from examples.ports import PROGRAMS, cvae, gmm, hmm, lda, prodlda, ss_vae, vae  # noqa: E402
+from examples.ports import PROGRAMS, cvae, dmm, gmm, hmm, lda, prodlda, ss_vae, vae  # noqa: E402
 from pyro_amortized.datasets import FASHION_MNIST_ROOT  # noqa: E402
 
 RUNS: dict[str, tuple[Callable[..., dict], dict]] = {
@@ -54,6 +54,7 @@ RUNS: dict[str, tuple[Callable[..., dict], dict]] = {
     "gmm": (gmm.run, {"steps": 200}),
     "gmm_sampled": (gmm.run_sampled, {"steps": 200}),
     "prodlda": (prodlda.run, {"steps": 300}),
+    "dmm": (dmm.run, {"steps": 500}),
 }
 """Each program's ``run`` and its default budget."""
 

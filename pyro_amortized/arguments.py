@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 
 def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -117,11 +118,25 @@ def call_key(args: tuple, kwargs: dict) -> tuple:
 
 
 def _value_key(value: Any) -> Any:
-    """A tensor by its shape, type and device; a tuple (a ``PackedSequence``, any
-    named tuple), list or dict by the keys of its items; another value by itself
-    where it hashes, else by its identity."""
+    """A tensor by its shape, type and device; a ``PackedSequence`` by its number
+    of sequences, its longest length and the shape of a step (the total of its
+    lengths, the rows of its data, differs from batch to batch: keyed by it,
+    nearly every minibatch of a sequence model would be planned anew); another
+    tuple (any named tuple), list or dict by the keys of its items; another
+    value by itself where it hashes, else by its identity."""
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, PackedSequence):
+        data, steps = value.data, value.batch_sizes
+        sequences = int(steps[0]) if len(steps) else 0
+        return (
+            PackedSequence,
+            sequences,
+            len(steps),
+            tuple(data.shape[1:]),
+            data.dtype,
+            data.device,
+        )
     if isinstance(value, (tuple, list)):
         return (type(value), tuple(_value_key(item) for item in value))
     if isinstance(value, dict):

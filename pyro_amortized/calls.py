@@ -56,6 +56,7 @@ class CallReader:
         self.locations = locations
         self.sources = sources
         self.plans: dict[tuple, CallPlan] = {}
+        self.fresh: CallPlan | None = None  # the plan a run of the model made in this call
         # The steps of time chains, and per sequence plate its number of steps.
         self.time_steps: dict[str, TimeStep] = {}
         self.sequence_steps: dict[str, int] = {}
@@ -84,6 +85,7 @@ class CallReader:
             _check_rows(plate, self.input_values(plate, args, kwargs)[0])
         key = call_key(args, kwargs)
         plan = self.plans.get(key)
+        self.fresh = None
         if plan is None:
             if model is None:  # a guide loaded from disk has no model
                 plan = UNKNOWN
@@ -94,6 +96,7 @@ class CallReader:
             skipped = self._generated_plates(plan, args, kwargs)
             steps = site_steps(self.structure, self.upstream, self.supervise, observed, skipped)
             plan = self.plans[key] = dataclasses.replace(plan, steps=steps)
+            self.fresh = plan if model is not None else None
         return plan
 
     def remember(
@@ -161,6 +164,11 @@ class CallReader:
         """The model's scale and mask of each guided site in this call (see
         :mod:`pyro_amortized.weights`)."""
         if self.weights_vary and model is not None:
+            # A call that made its plan ran the model on its arguments: where no
+            # plate took a minibatch of rows, that run's weights are the call's.
+            whole = all(size == rows for size, rows in plan.plate_sizes.values())
+            if plan is self.fresh and whole:
+                return plan.weights
             sites = self.structure.sites
             return weights_on_rows(model, init_loc_fn, args, kwargs, plates, sites)
         return plan.weights

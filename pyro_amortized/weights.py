@@ -11,7 +11,8 @@ trades the guide's entropy against the prior at the wrong rate.
 The weights are read from a run of the model. Weights that are plain numbers
 depend only on the shapes of a call and are read once per call signature;
 tensor weights (masks from the data) are read again on every call, from a run
-of the model on the guide's minibatch rows.
+of the model on the guide's minibatch rows (or, in a call that plans a new
+signature with no plate subsampled, from the run that plans it).
 """
 
 from __future__ import annotations

@@ -82,3 +82,26 @@ def test_plans_are_cached_per_signature():
     assert len(plans) == 1
     guide(torch.randn(9))
     assert len(plans) == 2
+
+
+def test_a_new_signature_reads_its_masks_from_the_run_that_plans_it():
+    runs = []
+
+    def masked_model(x, mask, factor):
+        runs.append(factor)
+        with pyro.plate("data", x.shape[0]):
+            with pyro.poutine.scale(scale=factor):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).mask(mask))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    x = torch.randn(6)
+    guide = AutoAmortizedGuide(masked_model, hidden_dims=(4,))
+    guide(x, torch.ones(6, dtype=torch.bool), 1.0)
+    for factor in (0.5, 0.25, 0.5):  # two new signatures (annealing), then a known one
+        mask = torch.rand(6) < 0.5
+        runs.clear()
+        trace = pyro.poutine.trace(guide).get_trace(x, mask, factor)
+        assert runs == [factor]  # one run of the model: the plan's, or the masks'
+        assert trace.nodes["z"]["scale"] == factor
+        assert torch.equal(trace.nodes["z"]["mask"], mask)

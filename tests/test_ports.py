@@ -11,14 +11,16 @@ import sys
 
 import pyro
 import pytest
+import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized import AutoAmortizedGuide, SequenceEncoder
+from pyro_amortized.weights import handler_weights
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the examples package
 
-from examples.ports import PROGRAMS, cvae, gmm, hmm, lda, prodlda, ss_vae, vae  # noqa: E402
+from examples.ports import PROGRAMS, cvae, dmm, gmm, hmm, lda, prodlda, ss_vae, vae  # noqa: E402
 
 STEPS = 3
 
@@ -32,6 +34,7 @@ RUNS = {
     "gmm": gmm.run,
     "gmm_sampled": gmm.run_sampled,
     "prodlda": prodlda.run,
+    "dmm": dmm.run,
 }
 
 NOTHING_TO_AMORTIZE = {"gmm", "hmm"}
@@ -92,3 +95,28 @@ def test_cvae_prediction_without_targets():
 def test_unknown_guide_kind_is_an_error():
     with pytest.raises(ValueError, match="guide_kind"):
         vae.run("autonormal", steps=1, small=True)
+
+
+def test_dmm_steps_share_one_head_over_a_sequence_encoder():
+    # The reversed minibatch is a PackedSequence, which feeds no encoder; the
+    # notes, the mask and the lengths do, each step's through the sequence
+    # encoder, and the latents z_1..z_T are one chain with one head.
+    data = dmm.make_data(small=True)
+    network = dmm.DMM(**dmm.small_sizes())
+    batch = dmm.get_mini_batch(torch.arange(6), data["train_sequences"], data["train_lengths"])
+    assert isinstance(batch[1], torch.nn.utils.rnn.PackedSequence)
+    guide = AutoAmortizedGuide(network.model, hidden_dims=(8,))
+    svi = pyro.infer.SVI(network.model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(*batch, 0.5))
+    assert guide.data_plates == {
+        "z_minibatch": ("mini_batch", "mini_batch_mask", "mini_batch_seq_lengths")
+    }
+    assert isinstance(guide.network.encoders["z_minibatch"], SequenceEncoder)
+    heads = {id(head) for head in guide.network.heads.values()}
+    assert len(guide.local_sites) == data["train_sequences"].shape[1] and len(heads) == 1
+    # Both guides mask the steps past each sequence's end, as the model does.
+    for proposal in (network.guide, guide):
+        trace = poutine.trace(proposal).get_trace(*batch, 0.5)
+        last = f"z_{data['train_sequences'].shape[1]}"
+        scale, mask = handler_weights(trace, [last])[last]
+        assert scale == 0.5 and torch.equal(mask.reshape(-1), batch[2][:, -1].bool())

@@ -14,7 +14,7 @@ from pyro import poutine
 from pyro.infer.reparam import LatentStableReparam, LocScaleReparam, ProjectedNormalReparam
 
 from pyro_amortized import AutoAmortizedGuide, MLPEncoder
-from pyro_amortized.arguments import bind_arguments, locate_argument
+from pyro_amortized.arguments import bind_arguments, call_key, locate_argument
 from pyro_amortized.prototype import trace_prototype
 from pyro_amortized.structure import read_model
 
@@ -36,6 +36,20 @@ def test_bind_and_locate_arguments():
     assert locate_argument(model, "y").fetch((x,), {}) is None  # default
     assert locate_argument(model, "extra[0]").fetch((x, y, "a"), {}) == "a"
     assert locate_argument(model, "flag").fetch((x,), {"flag": True}) is True
+
+
+def test_packed_sequences_of_one_batch_and_length_share_a_call_key():
+    # Minibatches of padded sequences differ in the total of their lengths
+    # (the rows of the packed data), not in the sizes the model's plates see.
+    def packed(lengths):
+        padded = torch.zeros(len(lengths), max(lengths), 5)
+        return torch.nn.utils.rnn.pack_padded_sequence(padded, torch.tensor(lengths), True)
+
+    first, second, longer = packed([6, 4, 2]), packed([6, 5, 5]), packed([7, 4, 2])
+    assert first.data.shape != second.data.shape
+    assert call_key((first,), {}) == call_key((second,), {})
+    assert call_key((first,), {}) != call_key((longer,), {})
+    assert call_key((first,), {}) != call_key((packed([6, 4]),), {})
 
 
 def test_data_plate_rows_and_nested_plates():

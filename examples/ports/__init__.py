@@ -22,10 +22,23 @@ module             program
 :mod:`.gmm`        ``tutorial/source/gmm.ipynb``: a mixture, assignments summed
                    out (``"gmm"``) or sampled by the guide (``"gmm_sampled"``)
 :mod:`.prodlda`    ``tutorial/source/prodlda.ipynb``: ProdLDA
+:mod:`.dmm`        ``examples/dmm.py``: the deep Markov model, with its RNN and
+                   combiner guide
 =================  =============================================================
 
 ``benchmarks/bench_programs.py`` compares the two guides on every program.
 """
 
-PROGRAMS = ("vae", "ss_vae", "ss_vae_aux", "cvae", "lda", "hmm", "gmm", "gmm_sampled", "prodlda")
+PROGRAMS = (
+    "vae",
+    "ss_vae",
+    "ss_vae_aux",
+    "cvae",
+    "lda",
+    "hmm",
+    "gmm",
+    "gmm_sampled",
+    "prodlda",
+    "dmm",
+)
 """The programs, by the name ``benchmarks/bench_programs.py`` gives them."""
