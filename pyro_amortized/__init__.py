@@ -9,6 +9,7 @@ from .family_guides import (
 )
 from .guides import AutoAmortizedGuide, AutoAmortizedNormal
 from .iwae import LocalIWAE
+from .rws import LocalRWS
 from .sequences import SequenceEncoder
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "AutoAmortizedNormal",
     "AutoAmortizedNormalizingFlow",
     "LocalIWAE",
+    "LocalRWS",
     "MLPEncoder",
     "SequenceEncoder",
 ]

@@ -232,11 +232,11 @@ class LocalIWAE(ELBO):
 
     def differentiable_loss(self, model: Callable, guide: Any, *args: Any, **kwargs: Any):
         """The negative bound, differentiable with respect to every parameter."""
-        plate = _data_plate(guide, args, kwargs)
+        plate = data_plate_of(guide, args, kwargs, "LocalIWAE weighs")
         if self.nesting is None:
             self.nesting = max_plate_nesting(model, guide, args, kwargs)
         outside_guide = poutine.trace(guide).get_trace(*args, **kwargs)
-        condition, log_q_outside = _outside_sites(outside_guide, plate)
+        condition, log_q_outside = outside_sites(outside_guide, plate)
         weights = log_weights(
             model,
             guide,
@@ -263,16 +263,23 @@ class LocalIWAE(ELBO):
         return loss.item()
 
 
-def _data_plate(guide: Any, args: tuple, kwargs: dict) -> str:
+def data_plate_of(guide: Any, args: tuple, kwargs: dict, caller: str) -> str:
+    """The data plate of an amortized guide (built on these arguments if not
+    yet); ``caller`` starts the error messages, e.g. ``"LocalIWAE weighs"``.
+
+    :raises ValueError: if the guide is not an amortized guide of this package,
+        or its model has no single data plate (see :func:`single_data_plate`).
+    """
     if not isinstance(guide, AutoAmortizedGuide):
+        name = caller.split()[0]
         raise ValueError(
-            "LocalIWAE needs an amortized guide of pyro_amortized (it reads the data plate "
+            f"{name} needs an amortized guide of pyro_amortized (it reads the data plate "
             f"from it), but got {type(guide).__name__}."
         )
     if guide._built is None:
         with poutine.block():
             guide(*args, **kwargs)
-    return single_data_plate(guide, "LocalIWAE weighs")
+    return single_data_plate(guide, caller)
 
 
 def single_data_plate(guide: AutoAmortizedGuide, caller: str) -> str:
@@ -295,7 +302,7 @@ def single_data_plate(guide: AutoAmortizedGuide, caller: str) -> str:
     return plates[0]
 
 
-def _outside_sites(trace: poutine.Trace, plate: str) -> tuple[dict[str, torch.Tensor], Any]:
+def outside_sites(trace: poutine.Trace, plate: str) -> tuple[dict[str, torch.Tensor], Any]:
     """The guide's sites outside the data plate (the globals): their values, to
     hold fixed across particles, and their summed log density."""
     trace = prune_subsample_sites(trace)

@@ -1,0 +1,133 @@
+"""Reweighted wake-sleep taken per data point.
+
+The ELBO fits the guide by the reverse KL, which is mode-seeking, and needs
+score-function gradients for discrete local sites. Reweighted wake-sleep
+(Bornschein and Bengio, 2015; Le, Kosiorek, Siddharth, Teh and Wood, 2019)
+draws ``K`` particles of the local sites per data point from the guide and
+weighs them by ``w_nk = p(x_n, z_nk | g) / q(z_nk | x_n, g)``, normalized per
+data point:
+
+* the model's parameters follow ``sum_k w~_nk grad log p(x_n, z_nk | g)``,
+  the self-normalized estimate of ``grad log p(x_n | g)``;
+* the guide's local heads follow ``sum_k w~_nk grad log q(z_nk | x_n, g)`` (the
+  wake phase): an estimate of minus the gradient of ``KL(p(z | x_n) || q)``,
+  which covers every mode, with no reparameterization, so discrete local sites
+  train as continuous ones do.
+
+The particles are held fixed (no gradient flows through their values). The
+global sites are drawn once per step from the guide and shared by every
+particle of every data point, as in :class:`~pyro_amortized.LocalIWAE`; their
+guide follows the ELBO of the globals with the locals summed out,
+``log p(g) - log q(g) + sum_n log p(x_n | g)``, by reparameterization, with
+``grad_g log p(x_n | g)`` estimated as above (so the globals must be
+reparameterized, and the local heads' reading of ``g`` is left out of the wake
+phase). The reported loss is minus the per-data-point importance-weighted bound,
+as :class:`~pyro_amortized.LocalIWAE` reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO
+
+from .iwae import (
+    PARTICLE_PLATE,
+    data_plate_of,
+    logmeanexp,
+    max_plate_nesting,
+    outside_sites,
+    per_row_log_prob,
+)
+
+
+class LocalRWS(ELBO):
+    """Reweighted wake-sleep with ``K`` particles per data point (see the
+    module's description), as the loss of :class:`pyro.infer.SVI` with one
+    optimizer: one ``svi.step`` updates the model by the importance-weighted
+    estimate of ``log p(x_n | g)`` and the guide's local heads by the wake
+    phase.
+
+    The guide must be an amortized guide of this package; its local sites may
+    be continuous or discrete (not enumerated). Subsampled data plates are
+    scaled as in Pyro's ELBOs.
+
+    Usage::
+
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
+                             LocalRWS(num_particles=10))
+
+    :param int num_particles: ``K``, particles per data point (at least 2: with
+        one, every normalized weight is 1 and the wake phase fits q to itself).
+    :param int max_plate_nesting: the model's plate nesting; guessed from one run
+        of the model and guide when not given.
+    """
+
+    def __init__(self, num_particles: int = 10, *, max_plate_nesting: int | None = None) -> None:
+        if not (isinstance(num_particles, int) and num_particles >= 2):
+            raise ValueError(
+                f"num_particles must be an integer of at least 2, got {num_particles!r}."
+            )
+        super().__init__(num_particles=num_particles)
+        self.nesting = max_plate_nesting
+
+    def _get_trace(self, model: Callable, guide: Any, args: tuple, kwargs: dict):
+        raise NotImplementedError("LocalRWS runs its particles in loss_and_grads.")
+
+    def loss(self, model: Callable, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """Minus the importance-weighted bound per data point (a float)."""
+        with torch.no_grad():
+            return self._losses(model, guide, args, kwargs)[0].item()
+
+    def loss_and_grads(self, model: Callable, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """Minus the bound; the reweighted wake-sleep gradients are left in the
+        parameters' ``.grad``."""
+        loss, surrogate = self._losses(model, guide, args, kwargs)
+        surrogate.backward()
+        return loss.item()
+
+    def _losses(
+        self, model: Callable, guide: Any, args: tuple, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minus the bound, and the surrogate whose gradient is the update."""
+        plate = data_plate_of(guide, args, kwargs, "LocalRWS weighs")
+        if self.nesting is None:
+            self.nesting = max_plate_nesting(model, guide, args, kwargs)
+        global_values, log_q_globals = outside_sites(
+            poutine.trace(guide).get_trace(*args, **kwargs), plate
+        )
+        fixed = {name: value.detach() for name, value in global_values.items()}
+        with torch.no_grad():  # the particles, and the minibatch both runs replay
+            particles = self._trace(guide, args, kwargs, fixed)
+        model_trace = self._trace(model, args, kwargs, global_values, particles)
+        guide_trace = self._trace(guide, args, kwargs, fixed, particles)
+        model_part = per_row_log_prob(model_trace, plate, self.nesting)
+        log_q = per_row_log_prob(guide_trace, plate, self.nesting).local
+        log_w = (model_part.local - log_q).detach()
+        normalized = log_w.softmax(0)
+        outside = torch.as_tensor(model_part.outside).mean() - log_q_globals
+        scale = model_part.scale
+        bound = outside + scale * logmeanexp(log_w, 0).sum()
+        surrogate = outside + scale * (normalized * (model_part.local + log_q)).sum()
+        return -bound, -surrogate
+
+    def _trace(
+        self,
+        fn: Callable,
+        args: tuple,
+        kwargs: dict,
+        held: dict[str, torch.Tensor],
+        particles: poutine.Trace | None = None,
+    ) -> poutine.Trace:
+        """``fn``'s trace over ``K`` vectorized particles, the ``held`` values
+        fixed and the sites of ``particles`` (the local sites, the minibatch)
+        replayed."""
+        fn = poutine.condition(fn, data=held)
+        if particles is not None:
+            fn = poutine.replay(fn, trace=particles)
+        with pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.nesting - 1):
+            return poutine.trace(fn).get_trace(*args, **kwargs)

@@ -1,0 +1,89 @@
+"""Reweighted wake-sleep per data point: the local posterior of a conjugate
+model, a global site with it, a discrete local site trained with no
+reparameterization, and bad input."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from helpers import SEED
+from pyro.infer import SVI
+
+from pyro_amortized import AutoAmortizedGuide, LocalIWAE, LocalRWS
+
+NOISE = 0.5
+SHRINK = 1 / (1 + NOISE**2)  # z | x, mu ~ N(mu + SHRINK (x - mu), SHRINK NOISE^2)
+
+
+def conjugate_model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+    with pyro.plate("data", x.shape[0], subsample_size=min(128, x.shape[0])):
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("x", dist.Normal(z, NOISE), obs=pyro.subsample(x, event_dim=0))
+
+
+def mixture_model(x):
+    with pyro.plate("data", x.shape[0], subsample_size=min(128, x.shape[0])):
+        label = pyro.sample("label", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(4.0 * label - 2.0, 1.0), obs=pyro.subsample(x, event_dim=0))
+
+
+def _train(model, guide, x, steps, lr=0.01):
+    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps)})
+    svi = SVI(model, guide, optim, LocalRWS(num_particles=10))
+    return [svi.step(x) for _ in range(steps)]
+
+
+def test_the_local_posterior_and_the_global_site_of_a_conjugate_model():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(SEED)
+    x = 1.0 + 1.3 * torch.randn(1000)
+    guide = AutoAmortizedGuide(conjugate_model, init_scale=1.0)
+    losses = _train(conjugate_model, guide, x, steps=1500)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    mu = guide.median(x)["mu"]
+    q = guide.encode(x)["z"]
+    exact_loc = mu + SHRINK * (x - mu)
+    print(
+        f"mu {mu.item():.3f} (data mean {x.mean():.3f}), loc error "
+        f"{(q.mean - exact_loc).abs().mean():.4f}, scale {q.stddev.mean():.4f} "
+        f"(exact {SHRINK**0.5 * NOISE:.4f})"
+    )
+    assert abs(mu.item() - x.mean().item()) < 0.1
+    assert (q.mean - exact_loc).abs().mean() < 0.05
+    assert q.stddev.mean().item() == pytest.approx(SHRINK**0.5 * NOISE, rel=0.1)
+
+
+def test_a_discrete_local_site_trains_without_reparameterization():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(SEED)
+    labels = torch.rand(2000) < 0.5
+    x = 4.0 * labels - 2.0 + torch.randn(2000)
+    guide = AutoAmortizedGuide(mixture_model)
+    _train(mixture_model, guide, x, steps=500, lr=0.02)
+    probs = guide.encode(x)["label"].probs
+    exact = torch.sigmoid(8.0 * x)  # the posterior's log odds are 8 x
+    accuracy = ((probs > 0.5) == labels).float().mean().item()
+    print(f"accuracy {accuracy:.3f}, probability error {(probs - exact).abs().mean():.4f}")
+    assert accuracy > 0.95
+    assert (probs - exact).abs().mean() < 0.05
+
+
+def test_the_loss_is_minus_the_local_bound():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(SEED)
+    x = torch.randn(100)
+    guide = AutoAmortizedGuide(conjugate_model, init_scale=1.0)
+    guide(x)
+    rws = [LocalRWS(num_particles=20).loss(conjugate_model, guide, x) for _ in range(200)]
+    iwae = [LocalIWAE(num_particles=20).loss(conjugate_model, guide, x) for _ in range(200)]
+    rws, iwae = torch.tensor(rws), torch.tensor(iwae)
+    assert abs(rws.mean() - iwae.mean()) < 4 * (rws.std() + iwae.std()) / 200**0.5
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        LocalRWS(num_particles=1)
+    guide = pyro.infer.autoguide.AutoNormal(conjugate_model)
+    with pytest.raises(ValueError, match="LocalRWS needs an amortized guide"):
+        LocalRWS().loss(conjugate_model, guide, torch.randn(10))
