@@ -10,6 +10,7 @@ from helpers import SEED
 from pyro.infer import SVI
 
 from pyro_amortized import AutoAmortizedGuide, LocalIWAE, LocalRWS
+from pyro_amortized.simulation import simulate
 
 NOISE = 0.5
 SHRINK = 1 / (1 + NOISE**2)  # z | x, mu ~ N(mu + SHRINK (x - mu), SHRINK NOISE^2)
@@ -28,9 +29,9 @@ def mixture_model(x):
         pyro.sample("x", dist.Normal(4.0 * label - 2.0, 1.0), obs=pyro.subsample(x, event_dim=0))
 
 
-def _train(model, guide, x, steps, lr=0.01):
+def _train(model, guide, x, steps, lr=0.01, sleep=0.0):
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.1 ** (1 / steps)})
-    svi = SVI(model, guide, optim, LocalRWS(num_particles=10))
+    svi = SVI(model, guide, optim, LocalRWS(num_particles=10, sleep=sleep))
     return [svi.step(x) for _ in range(steps)]
 
 
@@ -51,6 +52,26 @@ def test_the_local_posterior_and_the_global_site_of_a_conjugate_model():
     )
     assert abs(mu.item() - x.mean().item()) < 0.1
     assert (q.mean - exact_loc).abs().mean() < 0.05
+    assert q.stddev.mean().item() == pytest.approx(SHRINK**0.5 * NOISE, rel=0.1)
+
+
+def local_model(x):
+    with pyro.plate("data", x.shape[0], subsample_size=min(128, x.shape[0])):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, NOISE), obs=pyro.subsample(x, event_dim=0))
+
+
+def test_the_sleep_phase_alone_fits_the_exact_posterior():
+    # Amortized posterior estimation: q(z | x) fitted to the model's simulations.
+    pyro.clear_param_store()
+    pyro.set_rng_seed(SEED)
+    x = (1 + NOISE**2) ** 0.5 * torch.randn(1000)  # as the model simulates it
+    guide = AutoAmortizedGuide(local_model, init_scale=1.0)
+    _train(local_model, guide, x, steps=1500, sleep=1.0)
+    q = guide.encode(x)["z"]
+    error = (q.mean - SHRINK * x).abs().mean()
+    print(f"loc error {error:.4f}, scale {q.stddev.mean():.4f} (exact {SHRINK**0.5 * NOISE:.4f})")
+    assert error < 0.08
     assert q.stddev.mean().item() == pytest.approx(SHRINK**0.5 * NOISE, rel=0.1)
 
 
@@ -81,9 +102,39 @@ def test_the_loss_is_minus_the_local_bound():
     assert abs(rws.mean() - iwae.mean()) < 4 * (rws.std() + iwae.std()) / 200**0.5
 
 
+def test_the_sleep_phase_reads_the_simulated_rows():
+    pyro.set_rng_seed(SEED)
+    x = torch.randn(300)
+    guide = AutoAmortizedGuide(conjugate_model)
+    guide(x)
+    simulation = simulate(conjugate_model, guide, "data", (x,), {}, {"mu": torch.tensor(0.0)})
+    rows = simulation.trace.nodes["data"]["value"]
+    (simulated,) = simulation.args
+    assert torch.equal(simulated[rows], simulation.trace.nodes["x"]["value"])
+    others = torch.ones(300, dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(simulated[others], x[others])  # the other rows as they were
+
+
+def transformed_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=2.0 * x)
+
+
+def test_a_site_that_observes_no_argument_is_refused_by_the_sleep_phase():
+    x = torch.randn(20)
+    guide = AutoAmortizedGuide(transformed_model)
+    guide(x)
+    with pytest.raises(ValueError, match="no argument that feeds the encoder of plate 'data'"):
+        LocalRWS(sleep=0.5).loss(transformed_model, guide, x)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="at least 2"):
         LocalRWS(num_particles=1)
+    with pytest.raises(ValueError, match="sleep must be a number from 0 to 1"):
+        LocalRWS(sleep=1.5)
     guide = pyro.infer.autoguide.AutoNormal(conjugate_model)
     with pytest.raises(ValueError, match="LocalRWS needs an amortized guide"):
         LocalRWS().loss(conjugate_model, guide, torch.randn(10))
