@@ -188,7 +188,40 @@ def renyi_mean(log_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     return logmeanexp((1.0 - alpha) * log_weights, 0) / (1.0 - alpha)
 
 
-class LocalIWAE(ELBO):
+class PerPointObjective(ELBO):
+    """Shared plumbing of the objectives that draw ``K`` particles of the local
+    sites per data point (:class:`LocalIWAE`, :class:`~pyro_amortized.LocalRWS`):
+    the particle count, the model's plate nesting, and the data plate.
+
+    :param num_particles: ``K``, at least :attr:`min_particles`.
+    :param max_plate_nesting: guessed from one run of the model and guide when
+        not given.
+    """
+
+    min_particles = 1
+    """The fewest particles the objective takes."""
+
+    def __init__(self, num_particles: int, max_plate_nesting: int | None) -> None:
+        if not (isinstance(num_particles, int) and num_particles >= self.min_particles):
+            least = "" if self.min_particles == 1 else f" of at least {self.min_particles}"
+            raise ValueError(
+                f"num_particles must be a positive integer{least}, got {num_particles!r}."
+            )
+        super().__init__(num_particles=num_particles)
+        self.nesting = max_plate_nesting
+
+    def _get_trace(self, model: Callable, guide: Any, args: tuple, kwargs: dict):
+        raise NotImplementedError(f"{type(self).__name__} runs its particles itself.")
+
+    def _data_plate(self, model: Callable, guide: Any, args: tuple, kwargs: dict) -> str:
+        """The guide's data plate; the plate nesting found on the first call."""
+        plate = data_plate_of(guide, args, kwargs, f"{type(self).__name__} weighs")
+        if self.nesting is None:
+            self.nesting = max_plate_nesting(model, guide, args, kwargs)
+        return plate
+
+
+class LocalIWAE(PerPointObjective):
     """The importance-weighted bound taken per data point: ``K`` particles of
     the local sites per data point, the log-mean-exp per data point, the global
     sites drawn once per step and shared (see the module's formula). An ELBO for
@@ -219,22 +252,14 @@ class LocalIWAE(ELBO):
         alpha: float = 0.0,
         max_plate_nesting: int | None = None,
     ) -> None:
-        if not (isinstance(num_particles, int) and num_particles > 0):
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        super().__init__(num_particles, max_plate_nesting)
         if not isinstance(alpha, (int, float)) or alpha < 0:
             raise ValueError(f"alpha must be a number >= 0, but got {alpha!r}.")
-        super().__init__(num_particles=num_particles)
         self.alpha = float(alpha)
-        self.nesting = max_plate_nesting
-
-    def _get_trace(self, model: Callable, guide: Any, args: tuple, kwargs: dict):
-        raise NotImplementedError("LocalIWAE runs its particles in differentiable_loss.")
 
     def differentiable_loss(self, model: Callable, guide: Any, *args: Any, **kwargs: Any):
         """The negative bound, differentiable with respect to every parameter."""
-        plate = data_plate_of(guide, args, kwargs, "LocalIWAE weighs")
-        if self.nesting is None:
-            self.nesting = max_plate_nesting(model, guide, args, kwargs)
+        plate = self._data_plate(model, guide, args, kwargs)
         outside_guide = poutine.trace(guide).get_trace(*args, **kwargs)
         condition, log_q_outside = outside_sites(outside_guide, plate)
         weights = log_weights(

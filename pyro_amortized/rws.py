@@ -36,20 +36,18 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
 
 from .iwae import (
     PARTICLE_PLATE,
-    data_plate_of,
+    PerPointObjective,
     logmeanexp,
-    max_plate_nesting,
     outside_sites,
     per_row_log_prob,
 )
 from .simulation import simulate
 
 
-class LocalRWS(ELBO):
+class LocalRWS(PerPointObjective):
     """Reweighted wake-sleep with ``K`` particles per data point (see the
     module's description), as the loss of :class:`pyro.infer.SVI` with one
     optimizer: one ``svi.step`` updates the model by the importance-weighted
@@ -77,6 +75,8 @@ class LocalRWS(ELBO):
         of the model and guide when not given.
     """
 
+    min_particles = 2
+
     def __init__(
         self,
         num_particles: int = 10,
@@ -84,18 +84,10 @@ class LocalRWS(ELBO):
         sleep: float = 0.0,
         max_plate_nesting: int | None = None,
     ) -> None:
-        if not (isinstance(num_particles, int) and num_particles >= 2):
-            raise ValueError(
-                f"num_particles must be an integer of at least 2, got {num_particles!r}."
-            )
+        super().__init__(num_particles, max_plate_nesting)
         if not (isinstance(sleep, (int, float)) and 0.0 <= sleep <= 1.0):
             raise ValueError(f"sleep must be a number from 0 to 1, got {sleep!r}.")
-        super().__init__(num_particles=num_particles)
         self.sleep = float(sleep)
-        self.nesting = max_plate_nesting
-
-    def _get_trace(self, model: Callable, guide: Any, args: tuple, kwargs: dict):
-        raise NotImplementedError("LocalRWS runs its particles in loss_and_grads.")
 
     def loss(self, model: Callable, guide: Any, *args: Any, **kwargs: Any) -> float:
         """Minus the importance-weighted bound per data point (a float)."""
@@ -113,9 +105,7 @@ class LocalRWS(ELBO):
         self, model: Callable, guide: Any, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Minus the bound, and the surrogate whose gradient is the update."""
-        plate = data_plate_of(guide, args, kwargs, "LocalRWS weighs")
-        if self.nesting is None:
-            self.nesting = max_plate_nesting(model, guide, args, kwargs)
+        plate = self._data_plate(model, guide, args, kwargs)
         global_values, log_q_globals = outside_sites(
             poutine.trace(guide).get_trace(*args, **kwargs), plate
         )
