@@ -96,7 +96,8 @@ class AmortizationGapReport:
     :param elbo: the ELBO of the amortized guide.
     :param refined_elbo: the ELBO after :func:`refine`.
     :param log_evidence: an importance-sampled estimate of ``log p(x_n | g)``,
-        the refined guide widened by :data:`PROPOSAL_WIDENING` as proposal.
+        from a proposal fitted to each point's posterior, started from the
+        refined guide (:func:`~pyro_amortized.proposals.fitted_weights`).
     :param pareto_k: the Pareto k-hat of each data point's importance weights
         (``None`` without ArviZ); above :data:`PARETO_K_THRESHOLD`, that point's
         ``log_evidence`` and ``approximation_gap`` are unreliable.
@@ -173,9 +174,10 @@ def amortization_gap(
 ) -> AmortizationGapReport:
     """Measures, per data point of ``args``, the ELBO of the amortized guide,
     the ELBO after :func:`refine`, and ``log p(x_n | g)`` by importance sampling
-    with ``num_particles`` particles per data point (the refined guide, widened
-    by :data:`PROPOSAL_WIDENING`, as proposal); hence the amortization gap and
-    the approximation gap.
+    with ``num_particles`` particles per data point (a proposal fitted to each
+    point's posterior from the refined guide, see :mod:`pyro_amortized.proposals`;
+    the refined guide widened by :data:`PROPOSAL_WIDENING` where a local site is
+    discrete); hence the amortization gap and the approximation gap.
 
     The global sites are held at the guide's medians, so each quantity is per
     data point and conditional on them. Every row is scored at once: pass a
@@ -218,9 +220,11 @@ def log_evidence(
     **kwargs: Any,
 ) -> torch.Tensor | EvidenceEstimate:
     """An importance-sampled estimate of ``log p(x_n | g)`` for every data point
-    of ``args``: ``num_particles`` particles per data point from the guide
-    widened by :data:`PROPOSAL_WIDENING`, the global sites at the guide's
-    medians. Every row is scored at once: pass a model that does not
+    of ``args``: ``num_particles`` particles per data point from a proposal
+    fitted to each point's posterior, started from the guide
+    (:mod:`pyro_amortized.proposals`; the guide widened by
+    :data:`PROPOSAL_WIDENING` where a local site is discrete), the global sites
+    at the guide's medians. Every row is scored at once: pass a model that does not
     subsample its data plate on these arguments.
 
     Usage::

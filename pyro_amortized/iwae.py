@@ -93,15 +93,9 @@ def log_weights(
         sites are the same in every particle and left out of the guide's part.
     :raises ValueError: if a site is enumerated (not supported here).
     """
-    guide_fn, model_fn = guide, model
-    if condition:  # held fixed in both, so the model does not replay them
-        guide_fn = poutine.condition(guide, data=condition)
-        model_fn = poutine.condition(model, data=condition)
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-        guide_trace = poutine.trace(guide_fn).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
+    options = {"num_particles": num_particles, "nesting": nesting, "held": condition}
+    guide_trace = trace_particles(guide, args, kwargs, **options)
+    model_trace = trace_particles(model, args, kwargs, **options, replayed=guide_trace)
     model_part = per_row_log_prob(model_trace, plate, nesting)
     guide_part = per_row_log_prob(guide_trace, plate, nesting, observed=False)
     zeros = torch.zeros(num_particles, 1, device=_trace_device(model_trace))
@@ -125,12 +119,37 @@ def log_weights_in_chunks(
 ) -> list[LogWeights]:
     """:func:`log_weights` of ``num_particles`` particles, in vectorized runs
     of at most ``chunk_size`` (memory); ``options`` as :func:`log_weights`'s."""
-    sizes = [
-        min(chunk_size, num_particles - start) for start in range(0, num_particles, chunk_size)
-    ]
     return [
-        log_weights(model, guide, args, kwargs, num_particles=size, **options) for size in sizes
+        log_weights(model, guide, args, kwargs, num_particles=size, **options)
+        for size in chunk_sizes(num_particles, chunk_size)
     ]
+
+
+def chunk_sizes(total: int, size: int) -> list[int]:
+    """``total`` particles as runs of at most ``size``."""
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def trace_particles(
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_particles: int,
+    nesting: int,
+    held: dict[str, torch.Tensor] | None = None,
+    replayed: poutine.Trace | None = None,
+) -> poutine.Trace:
+    """``fn``'s trace over ``num_particles`` vectorized particles (the plate
+    :data:`PARTICLE_PLATE`, left of the model's ``nesting`` plates), with the
+    ``held`` values fixed (observed, as in both the model and the guide) and
+    the sites of ``replayed`` replayed."""
+    if held:
+        fn = poutine.condition(fn, data=held)
+    if replayed is not None:
+        fn = poutine.replay(fn, trace=replayed)
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
+        return poutine.trace(fn).get_trace(*args, **kwargs)
 
 
 def per_row_log_prob(

@@ -23,14 +23,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
-from .iwae import PARTICLE_PLATE, log_weights_in_chunks, per_row_log_prob
+from .iwae import chunk_sizes, log_weights_in_chunks, per_row_log_prob, trace_particles
 
 DEFENSIVE_WEIGHT = 0.2
 """The widened guide's share of the mixture proposal."""
@@ -111,15 +110,11 @@ def _adapted_weights(
         fitted = _fit_gaussian(draws, weights)
         runs = [
             _mixture_weights(model, proposal, args, kwargs, fitted, sites, size, options)
-            for size in _chunks(num_particles, chunk_size)
+            for size in chunk_sizes(num_particles, chunk_size)
         ]
         weights = torch.cat([run_weights for run_weights, _ in runs])
         draws = torch.cat([vectors for _, vectors in runs])
     return weights
-
-
-def _chunks(total: int, size: int) -> list[int]:
-    return [min(size, total - start) for start in range(0, total, size)]
 
 
 def _local_sites(
@@ -160,16 +155,25 @@ def _row_vectors(trace: poutine.Trace, sites: list[_LocalSite]) -> torch.Tensor:
     return torch.cat(parts, -1)
 
 
-def _site_values(vectors: torch.Tensor, sites: list[_LocalSite]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`_row_vectors`: constrained values of each site."""
-    values = {}
+def _constrained(
+    vectors: torch.Tensor, sites: list[_LocalSite]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The inverse of :func:`_row_vectors`: each site's constrained values, and
+    ``(particles, rows)``, the log |det| of the map from each row's vector to
+    its constrained values."""
+    values, log_jacobian = {}, torch.zeros(vectors.shape[:2], device=vectors.device)
     for site in sites:
         moved_shape = list(site.shape)
         moved_shape.insert(1, moved_shape.pop(site.row_dim))
         moved_shape[0] = vectors.shape[0]
-        part = vectors[..., site.columns].reshape(moved_shape).movedim(1, site.row_dim)
-        values[site.name] = site.transform(part)
-    return values
+        unconstrained = vectors[..., site.columns].reshape(moved_shape)
+        constrained = site.transform(unconstrained)
+        log_det = site.transform.log_abs_det_jacobian(unconstrained, constrained)
+        log_jacobian = log_jacobian + log_det.reshape(log_det.shape[0], log_det.shape[1], -1).sum(
+            -1
+        )
+        values[site.name] = constrained.movedim(1, site.row_dim)
+    return values, log_jacobian
 
 
 def _fit_gaussian(draws: torch.Tensor, weights: torch.Tensor) -> dist.MultivariateNormal:
@@ -214,38 +218,19 @@ def _mixture_weights(
     """``(num_particles, rows)`` log weights of draws from the mixture, and
     the draws, ``(num_particles, rows, columns)``."""
     nesting, condition, plate = options["nesting"], options["condition"], options["plate"]
-    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-        drawn = poutine.trace(poutine.condition(proposal, data=condition)).get_trace(
-            *args, **kwargs
-        )
+    particles = {"num_particles": num_particles, "nesting": nesting}
+    drawn = trace_particles(proposal, args, kwargs, **particles, held=condition)
     from_guide = _row_vectors(drawn, sites)
     from_fit = fitted.sample((num_particles,))
     pick_guide = torch.rand(from_fit.shape[:2], device=from_fit.device) < DEFENSIVE_WEIGHT
     vectors = torch.where(pick_guide.unsqueeze(-1), from_guide, from_fit)
-    values = _site_values(vectors, sites)
+    values, log_jacobian = _constrained(vectors, sites)
     held = {**condition, **values}
-    with poutine.block(), pyro.plate(PARTICLE_PLATE, num_particles, dim=-nesting - 1):
-        guide_trace = poutine.trace(poutine.condition(proposal, data=held)).get_trace(
-            *args, **kwargs
-        )
-        model_trace = poutine.trace(poutine.condition(model, data=held)).get_trace(*args, **kwargs)
+    guide_trace = trace_particles(proposal, args, kwargs, **particles, held=held)
+    model_trace = trace_particles(model, args, kwargs, **particles, held=held)
     log_guide = per_row_log_prob(guide_trace, plate, nesting).local
-    log_fit = fitted.log_prob(vectors) - _log_jacobian(vectors, sites)
+    log_fit = fitted.log_prob(vectors) - log_jacobian
     log_mixture = torch.logaddexp(
         math.log1p(-DEFENSIVE_WEIGHT) + log_fit, math.log(DEFENSIVE_WEIGHT) + log_guide
     )
     return per_row_log_prob(model_trace, plate, nesting).local - log_mixture, vectors
-
-
-def _log_jacobian(vectors: torch.Tensor, sites: list[_LocalSite]) -> torch.Tensor:
-    """``(particles, rows)``: log |det| of the map from each row's unconstrained
-    vector to its constrained values."""
-    total = 0.0
-    for site in sites:
-        moved_shape = list(site.shape)
-        moved_shape.insert(1, moved_shape.pop(site.row_dim))
-        moved_shape[0] = vectors.shape[0]
-        unconstrained = vectors[..., site.columns].reshape(moved_shape)
-        log_det = site.transform.log_abs_det_jacobian(unconstrained, site.transform(unconstrained))
-        total = total + log_det.reshape(log_det.shape[0], log_det.shape[1], -1).sum(-1)
-    return total

@@ -33,16 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 
 from .iwae import (
-    PARTICLE_PLATE,
     PerPointObjective,
     logmeanexp,
     outside_sites,
     per_row_log_prob,
+    trace_particles,
 )
 from .simulation import simulate
 
@@ -110,10 +109,15 @@ class LocalRWS(PerPointObjective):
             poutine.trace(guide).get_trace(*args, **kwargs), plate
         )
         fixed = {name: value.detach() for name, value in global_values.items()}
+        options = {"num_particles": self.num_particles, "nesting": self.nesting}
         with torch.no_grad():  # the particles, and the minibatch both runs replay
-            particles = self._trace(guide, args, kwargs, fixed)
-        model_trace = self._trace(model, args, kwargs, global_values, particles)
-        guide_trace = self._trace(guide, args, kwargs, fixed, particles)
+            particles = trace_particles(guide, args, kwargs, **options, held=fixed)
+        model_trace = trace_particles(
+            model, args, kwargs, **options, held=global_values, replayed=particles
+        )
+        guide_trace = trace_particles(
+            guide, args, kwargs, **options, held=fixed, replayed=particles
+        )
         model_part = per_row_log_prob(model_trace, plate, self.nesting)
         log_q = per_row_log_prob(guide_trace, plate, self.nesting).local
         _check_finite(log_q)
@@ -148,23 +152,6 @@ class LocalRWS(PerPointObjective):
         )
         trace = poutine.trace(dreaming).get_trace(*simulation.args, **simulation.kwargs)
         return per_row_log_prob(trace, plate, self.nesting).local.sum()
-
-    def _trace(
-        self,
-        fn: Callable,
-        args: tuple,
-        kwargs: dict,
-        held: dict[str, torch.Tensor],
-        particles: poutine.Trace | None = None,
-    ) -> poutine.Trace:
-        """``fn``'s trace over ``K`` vectorized particles, the ``held`` values
-        fixed and the sites of ``particles`` (the local sites, the minibatch)
-        replayed."""
-        fn = poutine.condition(fn, data=held)
-        if particles is not None:
-            fn = poutine.replay(fn, trace=particles)
-        with pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.nesting - 1):
-            return poutine.trace(fn).get_trace(*args, **kwargs)
 
 
 def _check_finite(log_q: torch.Tensor) -> None:
