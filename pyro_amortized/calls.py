@@ -18,7 +18,8 @@ import pyro
 import torch
 from torch import nn
 
-from .arguments import ArgumentLocation, call_key, locate_argument
+from .argument_masks import masks_from_arguments, same_weights, sliced_masks
+from .arguments import ArgumentLocation, bind_arguments, call_key, locate_argument
 from .encoders import plate_inputs
 from .observed import observed_sources
 from .plan import UNKNOWN, CallPlan, site_steps
@@ -61,6 +62,7 @@ class CallReader:
         self.time_steps: dict[str, TimeStep] = {}
         self.sequence_steps: dict[str, int] = {}
         self.weights_vary = False  # tensor weights: read on every call
+        self.sliced_calls: dict[tuple, int] = {}  # calls that sliced masks, per signature
         self.trained_latent: set[str] = set()  # sometimes-observed sites trained latent
         self.generated_warned: set[str] = set()  # plates warned about once
 
@@ -106,8 +108,12 @@ class CallReader:
         argument holds a local site this call observes."""
         if len(self.plans) >= MAX_CACHED_CALLS:
             self.plans.clear()
+            self.sliced_calls.clear()
         plan = CallPlan.read(trace, outer, self.structure)
-        self.weights_vary = self.weights_vary or vary(plan.weights)
+        if vary(plan.weights):
+            self.weights_vary = True
+            named = bind_arguments(model, args, kwargs)
+            plan = dataclasses.replace(plan, masks=sliced_masks(trace, self.structure.sites, named))
         unknown = [name for name in self.structure.local_sites if name not in self.sources]
         learned = observed_sources(model, trace, outer, args, kwargs, unknown)
         for argument in learned.values():
@@ -163,15 +169,29 @@ class CallReader:
     ) -> Mapping[str, Weight]:
         """The model's scale and mask of each guided site in this call (see
         :mod:`pyro_amortized.weights`)."""
-        if self.weights_vary and model is not None:
-            # A call that made its plan ran the model on its arguments: where no
-            # plate took a minibatch of rows, that run's weights are the call's.
-            whole = all(size == rows for size, rows in plan.plate_sizes.values())
-            if plan is self.fresh and whole:
-                return plan.weights
-            sites = self.structure.sites
-            return weights_on_rows(model, init_loc_fn, args, kwargs, plates, sites)
-        return plan.weights
+        if not self.weights_vary or model is None:
+            return plan.weights
+        # A call that made its plan ran the model on its arguments: where no
+        # plate took a minibatch of rows, that run's weights are the call's.
+        whole = all(size == rows for size, rows in plan.plate_sizes.values())
+        if plan is self.fresh and whole:
+            return plan.weights
+        sliced = None
+        if whole and plan.masks is not None:
+            named = bind_arguments(model, args, kwargs)
+            sliced = masks_from_arguments(plan.weights, plan.masks, named)
+        key = call_key(args, kwargs)
+        if sliced is not None:
+            # Sliced masks are checked against the model's in a signature's
+            # calls 1, 2, 3, 5, 9, 17, ...: a model that slices its arguments by
+            # their values shows in the first calls, at a cost that vanishes.
+            count = self.sliced_calls[key] = self.sliced_calls.get(key, 0) + 1
+            if (count - 1) & (count - 2):
+                return sliced
+        weights = weights_on_rows(model, init_loc_fn, args, kwargs, plates, self.structure.sites)
+        if sliced is not None and not same_weights(sliced, weights):
+            self.plans[key] = dataclasses.replace(plan, masks=None)
+        return weights
 
     # -------------------------------------------------------------- the plates
 

@@ -32,6 +32,7 @@ from typing import Protocol
 import torch
 from pyro import poutine
 
+from .argument_masks import SlicedMask
 from .latent_sites import LatentSite
 from .observed import plates_with_data
 from .params import module_key
@@ -149,12 +150,15 @@ class CallPlan:
     :param observing: the plates in which the model observes data, or ``None``
         where the guide has no model to run (loaded from disk).
     :param steps: the call's ordered steps (see :func:`site_steps`), once known.
+    :param masks: the tensor masks that are slices of the call's arguments
+        (see :mod:`pyro_amortized.argument_masks`), ``None`` where some are not.
     """
 
     plate_sizes: Mapping[str, tuple[int, int]]
     weights: Mapping[str, Weight]
     observing: frozenset[str] | None
     steps: tuple[tuple[SiteStep, ...], tuple[PlateStep, ...]] | None = field(default=None)
+    masks: Mapping[str, SlicedMask] | None = field(default=None)
 
     @classmethod
     def read(

@@ -12,7 +12,9 @@ The weights are read from a run of the model. Weights that are plain numbers
 depend only on the shapes of a call and are read once per call signature;
 tensor weights (masks from the data) are read again on every call, from a run
 of the model on the guide's minibatch rows (or, in a call that plans a new
-signature with no plate subsampled, from the run that plans it).
+signature with no plate subsampled, from the run that plans it; masks that are
+slices of the call's arguments are sliced from them, see
+:mod:`pyro_amortized.argument_masks`).
 """
 
 from __future__ import annotations
@@ -72,27 +74,38 @@ def distribution_mask(name: str, fn: Any) -> Any:
     :raises ValueError: where the mask differs within one event, which no mask
         on the guide's site can mirror.
     """
+    source = mask_source(fn)
+    return None if source is None else site_mask(name, *source)
+
+
+def mask_source(fn: Any) -> tuple[Any, torch.Size, int] | None:
+    """A distribution's own mask, the batch shape it masks and the number of
+    event dimensions reinterpreted outside it; ``None`` if it has none."""
     event_dims = 0
     while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
         if isinstance(fn, dist.MaskedDistribution):
-            mask = fn._mask
-            if not isinstance(mask, torch.Tensor):
-                return None if mask else False
-            mask = mask.expand(fn.batch_shape)
-            if event_dims == 0:
-                return mask
-            inner = tuple(range(-event_dims, 0))
-            if not torch.equal(mask.all(inner), mask.any(inner)):
-                raise ValueError(
-                    f"Site '{name}' is masked within its event (.mask() inside .to_event()) "
-                    "differently from entry to entry, which the guide cannot mirror on its "
-                    "site. Mask whole values (a mask constant over the event dimensions), "
-                    "or use poutine.mask."
-                )
-            return mask.all(inner)
+            return fn._mask, fn.batch_shape, event_dims
         event_dims += fn.reinterpreted_batch_ndims
         fn = fn.base_dist
     return None
+
+
+def site_mask(name: str, mask: Any, batch_shape: torch.Size, event_dims: int) -> Any:
+    """A distribution's mask as the mask of its site (see :func:`distribution_mask`)."""
+    if not isinstance(mask, torch.Tensor):
+        return None if mask else False
+    mask = mask.expand(batch_shape)
+    if event_dims == 0:
+        return mask
+    inner = tuple(range(-event_dims, 0))
+    if not torch.equal(mask.all(inner), mask.any(inner)):
+        raise ValueError(
+            f"Site '{name}' is masked within its event (.mask() inside .to_event()) "
+            "differently from entry to entry, which the guide cannot mirror on its "
+            "site. Mask whole values (a mask constant over the event dimensions), "
+            "or use poutine.mask."
+        )
+    return mask.all(inner)
 
 
 def _combined(handler: Any, own: Any) -> Any:

@@ -105,3 +105,47 @@ def test_a_new_signature_reads_its_masks_from_the_run_that_plans_it():
         assert runs == [factor]  # one run of the model: the plan's, or the masks'
         assert trace.nodes["z"]["scale"] == factor
         assert torch.equal(trace.nodes["z"]["mask"], mask)
+
+
+def test_masks_sliced_from_an_argument_are_taken_from_later_calls_without_the_model():
+    runs = []
+
+    def padded_model(x, mask):
+        runs.append(1)
+        with pyro.plate("data", x.shape[0]):
+            for t in range(x.shape[1]):
+                with pyro.poutine.mask(mask=mask[:, t]):
+                    z = pyro.sample(f"z_{t}", dist.Normal(0.0, 1.0))
+                pyro.sample(f"x_{t}", dist.Normal(z, 1.0).mask(mask[:, t]), obs=x[:, t])
+
+    pyro.clear_param_store()
+    x = torch.randn(6, 4)
+    guide = AutoAmortizedGuide(padded_model, hidden_dims=(4,))
+    guide(x, torch.ones(6, 4, dtype=torch.bool))
+    runs.clear()
+    for _ in range(16):
+        mask = torch.rand(6, 4) < 0.5
+        trace = pyro.poutine.trace(guide).get_trace(x, mask)
+        for t in range(4):
+            assert torch.equal(trace.nodes[f"z_{t}"]["mask"], mask[:, t])
+    assert len(runs) == 5  # runs that check the sliced masks: calls 2, 3, 5, 9 and 17
+
+
+def test_masks_sliced_otherwise_in_a_later_call_are_read_from_the_model():
+    runs = []
+
+    def shifting_model(x, mask, column):
+        runs.append(1)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).mask(mask[:, int(column)]))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    x = torch.randn(6)
+    mask = torch.tensor([[True, False, True]] * 6)
+    guide = AutoAmortizedGuide(shifting_model, hidden_dims=(4,))
+    for call, column in enumerate((0, 1, 2, 1)):  # one signature: the column is a tensor
+        runs.clear()
+        trace = pyro.poutine.trace(guide).get_trace(x, mask, torch.tensor(column))
+        assert call == 0 or len(runs) == 1
+        assert torch.equal(trace.nodes["z"]["mask"], mask[:, column])

@@ -1,0 +1,145 @@
+"""Masks a model slices from its arguments, read without running the model.
+
+A model that pads its data often masks each latent site with a slice of a mask
+argument (``mask[:, t - 1 : t]`` at time step ``t``, as Pyro's deep Markov
+model does, with ``poutine.mask`` or a boolean ``.mask()``; a float mask is
+copied to a boolean one and is no slice). Such a mask is a view of the
+argument's storage: where each tensor mask of a call is one and no plate takes a
+minibatch of rows, the guide records where in the argument it lies and, on later
+calls of the same signature, slices the call's argument the same way instead of
+running the model again for its masks (see :mod:`pyro_amortized.weights`). The
+signature's calls 1, 2, 3, 5, 9, 17, ... are checked against a run of the
+model, and a signature whose masks do not match is read from runs of the model
+from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pyro import poutine
+
+from .weights import Weight, handler_weights, mask_source, site_mask
+
+
+@dataclass(frozen=True)
+class ArgumentView:
+    """Where a tensor lies in an argument's storage.
+
+    :param argument: the argument's name (see
+        :func:`~pyro_amortized.arguments.bind_arguments`).
+    :param layout: the argument's shape and strides, which a later call's
+        argument must have.
+    :param size: the view's shape.
+    :param stride: the view's strides.
+    :param offset: the view's storage offset past the argument's.
+    """
+
+    argument: str
+    layout: tuple[tuple[int, ...], tuple[int, ...]]
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+    @classmethod
+    def find(cls, tensor: Any, arguments: Mapping[str, Any]) -> ArgumentView | None:
+        """The view of an argument that ``tensor`` is, if it is one."""
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        storage = tensor.untyped_storage().data_ptr()
+        for name, value in arguments.items():
+            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() == storage:
+                return cls(
+                    name,
+                    (tuple(value.shape), value.stride()),
+                    tuple(tensor.shape),
+                    tensor.stride(),
+                    tensor.storage_offset() - value.storage_offset(),
+                )
+        return None
+
+    def take(self, arguments: Mapping[str, Any]) -> torch.Tensor | None:
+        """The same view of this call's argument; ``None`` where it is laid out otherwise."""
+        value = arguments.get(self.argument)
+        if not isinstance(value, torch.Tensor) or (tuple(value.shape), value.stride()) != (
+            self.layout
+        ):
+            return None
+        return value.as_strided(self.size, self.stride, value.storage_offset() + self.offset)
+
+
+@dataclass(frozen=True)
+class SlicedMask:
+    """A site's tensor mask as a slice of an argument.
+
+    :param view: where the slice lies.
+    :param masked: for a distribution's own mask (``.mask(m)``), the batch shape
+        it masks and the event dimensions outside it; ``None`` for a mask of
+        ``poutine.mask``.
+    """
+
+    view: ArgumentView
+    masked: tuple[torch.Size, int] | None
+
+
+def sliced_masks(
+    trace: poutine.Trace, names: Iterable[str], arguments: Mapping[str, Any]
+) -> dict[str, SlicedMask] | None:
+    """Each named site's tensor mask in a run of the model as a slice of one of
+    the call's ``arguments``; ``None`` where any tensor weight is not one (a
+    tensor scale, a mask computed from the data, a site masked twice)."""
+    masks = {}
+    for name, (scale, mask) in handler_weights(trace, names).items():
+        if not isinstance(mask, torch.Tensor):
+            continue
+        if isinstance(scale, torch.Tensor):
+            return None
+        site = trace.nodes[name]
+        handler, source = site["mask"], mask_source(site["fn"])
+        own = None if source is None else source[0]
+        if isinstance(handler, torch.Tensor) == isinstance(own, torch.Tensor):
+            return None
+        view = ArgumentView.find(handler if own is None else own, arguments)
+        if view is None:
+            return None
+        masks[name] = SlicedMask(view, None if source is None else tuple(source[1:]))
+    return masks
+
+
+def masks_from_arguments(
+    weights: Mapping[str, Weight], masks: Mapping[str, SlicedMask], arguments: Mapping[str, Any]
+) -> dict[str, Weight] | None:
+    """The planned ``weights`` with each sliced mask taken from this call's
+    ``arguments``; ``None`` where an argument is laid out otherwise."""
+    taken = dict(weights)
+    for name, mask in masks.items():
+        value = mask.view.take(arguments)
+        if value is None:
+            return None
+        if mask.masked is not None:
+            value = site_mask(name, value, *mask.masked)
+        taken[name] = (weights[name][0], value)
+    return taken
+
+
+def same_weights(first: Mapping[str, Weight], second: Mapping[str, Weight]) -> bool:
+    """Whether two calls' weights are equal, site by site."""
+    if first.keys() != second.keys():
+        return False
+    return all(
+        _equal(a, b) for name in first for a, b in zip(first[name], second[name], strict=True)
+    )
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
+    return a == b
