@@ -9,6 +9,7 @@ from .family_guides import (
 )
 from .guides import AutoAmortizedGuide, AutoAmortizedNormal
 from .iwae import LocalIWAE
+from .posterior_estimation import LocalNPE
 from .rws import LocalRWS
 from .sequences import SequenceEncoder
 
@@ -20,6 +21,7 @@ __all__ = [
     "AutoAmortizedNormal",
     "AutoAmortizedNormalizingFlow",
     "LocalIWAE",
+    "LocalNPE",
     "LocalRWS",
     "MLPEncoder",
     "SequenceEncoder",

@@ -43,7 +43,7 @@ from .iwae import (
     per_row_log_prob,
     trace_particles,
 )
-from .simulation import simulate
+from .simulation import fitted_log_q, latent_values, simulate
 
 
 class LocalRWS(PerPointObjective):
@@ -130,28 +130,19 @@ class LocalRWS(PerPointObjective):
         surrogate = outside + scale * (normalized * model_part.local).sum()
         surrogate = surrogate + scale * (1.0 - self.sleep) * wake
         if self.sleep > 0:
-            dreamt = self._sleep_log_q(model, guide, args, kwargs, fixed, plate)
+            simulation = simulate(model, guide, plate, args, kwargs, fixed)
+            held = latent_values(simulation.trace)
+            dreamt, _ = fitted_log_q(
+                guide,
+                held,
+                simulation.args,
+                simulation.kwargs,
+                plate,
+                self.nesting,
+                replayed=simulation.trace,
+            )
             surrogate = surrogate + scale * self.sleep * dreamt
         return -bound, -surrogate
-
-    def _sleep_log_q(
-        self,
-        model: Callable,
-        guide: Any,
-        args: tuple,
-        kwargs: dict,
-        fixed: dict[str, torch.Tensor],
-        plate: str,
-    ) -> torch.Tensor:
-        """``sum_n log q(z_n | x_n)`` on the model's simulation of the minibatch."""
-        simulation = simulate(model, guide, plate, args, kwargs, fixed)
-        nodes = simulation.trace.nodes
-        held = {name: nodes[name]["value"] for name in guide.local_sites if name in nodes}
-        dreaming = poutine.replay(
-            poutine.condition(guide, data={**fixed, **held}), trace=simulation.trace
-        )
-        trace = poutine.trace(dreaming).get_trace(*simulation.args, **simulation.kwargs)
-        return per_row_log_prob(trace, plate, self.nesting).local.sum()
 
 
 def _check_finite(log_q: torch.Tensor) -> None:

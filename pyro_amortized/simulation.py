@@ -19,6 +19,7 @@ from pyro.poutine.util import site_is_subsample
 
 from .arguments import locate_argument
 from .guides import AutoAmortizedGuide
+from .iwae import per_row_log_prob
 
 
 @dataclass
@@ -49,7 +50,9 @@ def simulate(
     :raises ValueError: where an observed site of the data plate observes no
         argument that feeds the guide's encoder, row for row.
     """
-    simulator = poutine.uncondition(poutine.condition(model, data=condition))
+    # Unconditioned first, then held: the held values stay (the other order
+    # would draw them again).
+    simulator = poutine.condition(poutine.uncondition(model), data=condition)
     with torch.no_grad():
         trace = poutine.trace(simulator).get_trace(*args, **kwargs)
     rows = _rows(trace, plate)
@@ -98,3 +101,38 @@ def _with_simulated(
         "simulated data. Observe an argument's rows as they are (obs=x or "
         "pyro.subsample(x)), or train without the sleep phase."
     )
+
+
+def latent_values(trace: poutine.Trace) -> dict[str, torch.Tensor]:
+    """The values a simulation drew for the model's latent sites (and plates)."""
+    return {
+        name: site["value"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["infer"].get("was_observed")
+    }
+
+
+def row_dim(site: dict, plate: str) -> int:
+    """The dimension of a site's value along a data plate's rows."""
+    frame = next(frame for frame in site["cond_indep_stack"] if frame.name == plate)
+    return site["value"].dim() - site["fn"].event_dim + frame.dim
+
+
+def fitted_log_q(
+    guide: AutoAmortizedGuide,
+    held: dict[str, torch.Tensor],
+    args: tuple,
+    kwargs: dict,
+    plate: str,
+    nesting: int,
+    replayed: poutine.Trace | None = None,
+) -> tuple[torch.Tensor, float]:
+    """``sum_n log q(z_n | x_n)`` of the guide's local sites at ``held`` values
+    (the data plate's rows among them, or from the ``replayed`` trace), the
+    guide reading the call ``args, kwargs``; and the scale of the data plate's
+    subsampling."""
+    if replayed is not None:
+        guide = poutine.replay(guide, trace=replayed)
+    trace = poutine.trace(poutine.condition(guide, data=held)).get_trace(*args, **kwargs)
+    log_prob = per_row_log_prob(trace, plate, nesting)
+    return log_prob.local.sum(), log_prob.scale

@@ -107,7 +107,8 @@ def test_the_sleep_phase_reads_the_simulated_rows():
     x = torch.randn(300)
     guide = AutoAmortizedGuide(conjugate_model)
     guide(x)
-    simulation = simulate(conjugate_model, guide, "data", (x,), {}, {"mu": torch.tensor(0.0)})
+    simulation = simulate(conjugate_model, guide, "data", (x,), {}, {"mu": torch.tensor(5.0)})
+    assert simulation.trace.nodes["mu"]["value"].item() == 5.0  # held, not drawn again
     rows = simulation.trace.nodes["data"]["value"]
     (simulated,) = simulation.args
     assert torch.equal(simulated[rows], simulation.trace.nodes["x"]["value"])
