@@ -278,7 +278,8 @@ def _log_evidence(
 ) -> EvidenceEstimate:
     heads = guide.network.heads.values()
     widen = functools.partial(widened, heads)
-    weights = fitted_weights(model, proposal, args, kwargs, **options, widen=widen)
+    sampler = guide._require_built().sampler
+    weights = fitted_weights(model, proposal, args, kwargs, **options, widen=widen, sampler=sampler)
     if weights is None:  # a discrete local site: the widened guide alone
         with widen(PROPOSAL_WIDENING):
             weights = _local_weights(model, proposal, args, kwargs, **options)

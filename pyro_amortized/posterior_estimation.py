@@ -94,13 +94,7 @@ class LocalNPE(PerPointObjective):
             simulation = simulate(model, guide, plate, args, kwargs, {})
             held = latent_values(simulation.trace)
             log_q, scale = fitted_log_q(
-                guide,
-                held,
-                simulation.args,
-                simulation.kwargs,
-                plate,
-                self.nesting,
-                replayed=simulation.trace,
+                guide, held, simulation.args, simulation.kwargs, plate, self.nesting
             )
             return -scale * log_q
         if self.simulations is None:

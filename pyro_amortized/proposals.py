@@ -30,6 +30,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from .iwae import chunk_sizes, log_weights_in_chunks, per_row_log_prob, trace_particles
+from .sampling import SiteSampler
 
 DEFENSIVE_WEIGHT = 0.2
 """The widened guide's share of the mixture proposal."""
@@ -76,14 +77,19 @@ def fitted_weights(
     num_particles: int,
     chunk_size: int,
     widen: Callable[[float], AbstractContextManager],
+    sampler: SiteSampler,
     **options: Any,
 ) -> torch.Tensor | None:
     """``(num_particles, rows)`` log importance weights of the mixture proposal
     fitted to a first run of ``proposal`` (with as many particles) and refitted
     (:data:`ADAPTATION_ROUNDS`); ``None`` where a local site is discrete (the
     widened guide alone is used then). ``widen(factor)`` widens ``proposal`` in
-    its block; ``options`` (``plate``, ``nesting``, ``condition``) are those of
+    its block; ``sampler``, the guide's, maps each local site to its
+    unconstrained space, where the Gaussian is fitted, and conditions
+    ``proposal`` at the mixture's draws (:meth:`~pyro_amortized.sampling.SiteSampler.held`);
+    ``options`` (``plate``, ``nesting``, ``condition``) are those of
     :func:`~pyro_amortized.iwae.log_weights`."""
+    options = {**options, "sampler": sampler}
     with widen(FIT_WIDENING):
         return _adapted_weights(model, proposal, (args, kwargs), num_particles, chunk_size, options)
 
@@ -97,11 +103,12 @@ def _adapted_weights(
     options: dict[str, Any],
 ) -> torch.Tensor | None:
     args, kwargs = call
-    pilot = log_weights_in_chunks(
-        model, proposal, args, kwargs, num_particles=num_particles, chunk_size=chunk_size, **options
-    )
+    particles = {"num_particles": num_particles, "chunk_size": chunk_size}
+    weighing = {name: value for name, value in options.items() if name != "sampler"}
+    pilot = log_weights_in_chunks(model, proposal, args, kwargs, **particles, **weighing)
     nesting, plate = options["nesting"], options["plate"]
-    sites = _local_sites(pilot[0].guide_trace, plate, nesting, set(options["condition"]))
+    held = set(options["condition"])
+    sites = _local_sites(pilot[0].guide_trace, plate, nesting, held, options["sampler"])
     if sites is None:
         return None
     draws = torch.cat([_row_vectors(run.guide_trace, sites) for run in pilot])
@@ -118,11 +125,13 @@ def _adapted_weights(
 
 
 def _local_sites(
-    trace: poutine.Trace, plate: str, nesting: int, held: set[str]
+    trace: poutine.Trace, plate: str, nesting: int, held: set[str], sampler: SiteSampler
 ) -> list[_LocalSite] | None:
     sites, start = [], 0
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or name in held:
+            continue
+        if site["infer"].get("is_auxiliary"):  # the site it draws is read instead
             continue
         if site_is_subsample(site):
             continue
@@ -131,7 +140,8 @@ def _local_sites(
             continue
         if site["fn"].support.is_discrete:
             return None
-        transform = biject_to(site["fn"].support)
+        # the model's bijection: the guide's site is a Delta on the real line
+        transform = sampler.transforms.get(name) or biject_to(site["fn"].support)
         value = transform.inv(site["value"])
         event_dim = transform.codomain.event_dim - transform.domain.event_dim
         event_dim = len(site["fn"].event_shape) - event_dim
@@ -157,11 +167,12 @@ def _row_vectors(trace: poutine.Trace, sites: list[_LocalSite]) -> torch.Tensor:
 
 def _constrained(
     vectors: torch.Tensor, sites: list[_LocalSite]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The inverse of :func:`_row_vectors`: each site's constrained values, and
-    ``(particles, rows)``, the log |det| of the map from each row's vector to
-    its constrained values."""
-    values, log_jacobian = {}, torch.zeros(vectors.shape[:2], device=vectors.device)
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """The inverse of :func:`_row_vectors`: each site's constrained and
+    unconstrained values, and ``(particles, rows)``, the log |det| of the map
+    from each row's vector to its constrained values."""
+    values, unconstrained_values = {}, {}
+    log_jacobian = torch.zeros(vectors.shape[:2], device=vectors.device)
     for site in sites:
         moved_shape = list(site.shape)
         moved_shape.insert(1, moved_shape.pop(site.row_dim))
@@ -173,7 +184,8 @@ def _constrained(
             -1
         )
         values[site.name] = constrained.movedim(1, site.row_dim)
-    return values, log_jacobian
+        unconstrained_values[site.name] = unconstrained.movedim(1, site.row_dim)
+    return values, unconstrained_values, log_jacobian
 
 
 def _fit_gaussian(draws: torch.Tensor, weights: torch.Tensor) -> dist.MultivariateNormal:
@@ -224,10 +236,10 @@ def _mixture_weights(
     from_fit = fitted.sample((num_particles,))
     pick_guide = torch.rand(from_fit.shape[:2], device=from_fit.device) < DEFENSIVE_WEIGHT
     vectors = torch.where(pick_guide.unsqueeze(-1), from_guide, from_fit)
-    values, log_jacobian = _constrained(vectors, sites)
-    held = {**condition, **values}
+    values, unconstrained, log_jacobian = _constrained(vectors, sites)
+    held = {**condition, **options["sampler"].held(values, unconstrained)}
     guide_trace = trace_particles(proposal, args, kwargs, **particles, held=held)
-    model_trace = trace_particles(model, args, kwargs, **particles, held=held)
+    model_trace = trace_particles(model, args, kwargs, **particles, held={**condition, **values})
     log_guide = per_row_log_prob(guide_trace, plate, nesting).local
     log_fit = fitted.log_prob(vectors) - log_jacobian
     log_mixture = torch.logaddexp(

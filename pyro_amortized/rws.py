@@ -133,13 +133,7 @@ class LocalRWS(PerPointObjective):
             simulation = simulate(model, guide, plate, args, kwargs, fixed)
             held = latent_values(simulation.trace)
             dreamt, _ = fitted_log_q(
-                guide,
-                held,
-                simulation.args,
-                simulation.kwargs,
-                plate,
-                self.nesting,
-                replayed=simulation.trace,
+                guide, held, simulation.args, simulation.kwargs, plate, self.nesting
             )
             surrogate = surrogate + scale * self.sleep * dreamt
         return -bound, -surrogate

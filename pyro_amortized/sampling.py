@@ -142,6 +142,27 @@ class SiteSampler:
         transform = self.transforms.get(name)  # none for a discrete site
         return value if transform is None else transform.inv(value)
 
+    def held(
+        self,
+        values: Mapping[str, torch.Tensor],
+        unconstrained: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Values to condition the guide on, for its density at ``values``: a
+        site drawn through an auxiliary unconstrained site is held there, at
+        its ``unconstrained`` value where given (held at its constrained value,
+        the site's Delta would differ from it by rounding and its density be
+        zero); the others as they are."""
+        held = {}
+        for name, value in values.items():
+            transform = self.transforms.get(name)
+            if transform is None or is_identity(transform):
+                held[name] = value
+            elif unconstrained is not None and name in unconstrained:
+                held[name + "_unconstrained"] = unconstrained[name]
+            else:
+                held[name + "_unconstrained"] = transform.inv(value)
+        return held
+
     def median_read(self, name: str, distribution: dist.Distribution) -> torch.Tensor:
         """A site's median as a head reads it: in unconstrained space."""
         if name not in self.transforms:  # a discrete site

@@ -125,14 +125,11 @@ def fitted_log_q(
     kwargs: dict,
     plate: str,
     nesting: int,
-    replayed: poutine.Trace | None = None,
 ) -> tuple[torch.Tensor, float]:
     """``sum_n log q(z_n | x_n)`` of the guide's local sites at ``held`` values
-    (the data plate's rows among them, or from the ``replayed`` trace), the
-    guide reading the call ``args, kwargs``; and the scale of the data plate's
-    subsampling."""
-    if replayed is not None:
-        guide = poutine.replay(guide, trace=replayed)
+    (the data plate's minibatch of rows among them), the guide reading the call
+    ``args, kwargs``; and the scale of the data plate's subsampling."""
+    held = guide._require_built().sampler.held(held)
     trace = poutine.trace(poutine.condition(guide, data=held)).get_trace(*args, **kwargs)
     log_prob = per_row_log_prob(trace, plate, nesting)
     return log_prob.local.sum(), log_prob.scale
