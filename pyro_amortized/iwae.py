@@ -156,8 +156,10 @@ def per_row_log_prob(
     trace: poutine.Trace, plate: str, nesting: int, observed: bool = True
 ) -> LogWeights:
     """A vectorized trace's log density split per row of ``plate``: ``local``
-    ``(particles, rows)`` and ``outside`` ``(particles,)`` (or 0.0 where no
-    site adds to them); observed sites left out unless ``observed``.
+    ``(particles, rows)``, each row's terms as one data point's (the plate's
+    subsampling scale, which the trace applies, taken out and returned as
+    ``scale``), and ``outside`` ``(particles,)`` (or 0.0 where no site adds to
+    them); observed sites left out unless ``observed``.
 
     :raises ValueError: if a site is enumerated (not supported here).
     """
@@ -179,9 +181,11 @@ def per_row_log_prob(
         if frame is None:
             outside = outside + full.reshape(full.shape[0], -1).sum(-1)
             continue
-        per_row = full.movedim(nesting + 1 + frame.dim, 1)
+        # The trace scaled the term up to the plate's full size: per row it is
+        # taken at its own size, and the scale returned for the sum over rows.
+        scale = frame.full_size / frame.size if frame.full_size else 1.0
+        per_row = full.movedim(nesting + 1 + frame.dim, 1) / scale
         local = local + per_row.reshape(per_row.shape[:2] + (-1,)).sum(-1)
-        scale = float(site["scale"])
     return LogWeights(local=local, outside=outside, scale=scale)
 
 
