@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED
-from pyro.infer import SVI
+from pyro.infer import SVI, Trace_ELBO
 
 from pyro_amortized import AutoAmortizedGuide, LocalIWAE, LocalRWS
 from pyro_amortized.simulation import simulate
@@ -139,3 +139,16 @@ def test_bad_input():
     guide = pyro.infer.autoguide.AutoNormal(conjugate_model)
     with pytest.raises(ValueError, match="LocalRWS needs an amortized guide"):
         LocalRWS().loss(conjugate_model, guide, torch.randn(10))
+
+
+def test_one_particle_of_the_per_point_bound_is_the_elbo_on_a_subsampled_plate():
+    # Pyro scales a subsampled plate's terms to its full size; each data point's
+    # weight is taken at its own size, and the scale applied once to the sum.
+    x = torch.randn(1000)
+    guide = AutoAmortizedGuide(local_model, init_scale=1.0)
+    guide(x)
+    elbo = torch.tensor([Trace_ELBO().loss(local_model, guide, x) for _ in range(300)])
+    iwae = torch.tensor(
+        [LocalIWAE(num_particles=1).loss(local_model, guide, x) for _ in range(300)]
+    )
+    assert abs(elbo.mean() - iwae.mean()) < 4 * (elbo.std() + iwae.std()) / 300**0.5
