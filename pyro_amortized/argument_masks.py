@@ -15,14 +15,14 @@ from then on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pyro import poutine
 
-from .weights import Weight, handler_weights, mask_source, site_mask
+from .weights import Weight, mask_source, site_mask
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,15 @@ class SlicedMask:
 
 
 def sliced_masks(
-    trace: poutine.Trace, names: Iterable[str], arguments: Mapping[str, Any]
+    trace: poutine.Trace, weights: Mapping[str, Weight], arguments: Mapping[str, Any]
 ) -> dict[str, SlicedMask] | None:
-    """Each named site's tensor mask in a run of the model as a slice of one of
-    the call's ``arguments``; ``None`` where any tensor weight is not one (a
-    tensor scale, a mask computed from the data, a site masked twice)."""
+    """Each tensor mask among a run's ``weights`` (as
+    :func:`~pyro_amortized.weights.handler_weights` reads them from its
+    ``trace``) as a slice of one of the call's ``arguments``; ``None`` where any
+    tensor weight is not one (a tensor scale, a mask computed from the data, a
+    site masked twice)."""
     masks = {}
-    for name, (scale, mask) in handler_weights(trace, names).items():
+    for name, (scale, mask) in weights.items():
         if not isinstance(mask, torch.Tensor):
             continue
         if isinstance(scale, torch.Tensor):

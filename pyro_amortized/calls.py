@@ -113,7 +113,7 @@ class CallReader:
         if vary(plan.weights):
             self.weights_vary = True
             named = bind_arguments(model, args, kwargs)
-            plan = dataclasses.replace(plan, masks=sliced_masks(trace, self.structure.sites, named))
+            plan = dataclasses.replace(plan, masks=sliced_masks(trace, plan.weights, named))
         unknown = [name for name in self.structure.local_sites if name not in self.sources]
         learned = observed_sources(model, trace, outer, args, kwargs, unknown)
         for argument in learned.values():
