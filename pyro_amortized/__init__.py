@@ -9,6 +9,7 @@ from .family_guides import (
 )
 from .guides import AutoAmortizedGuide, AutoAmortizedNormal
 from .iwae import LocalIWAE
+from .path_derivative import PathDerivativeELBO
 from .posterior_estimation import LocalNPE
 from .rws import LocalRWS
 from .sequences import SequenceEncoder
@@ -24,6 +25,7 @@ __all__ = [
     "LocalNPE",
     "LocalRWS",
     "MLPEncoder",
+    "PathDerivativeELBO",
     "SequenceEncoder",
 ]
 __version__ = "0.1.0"

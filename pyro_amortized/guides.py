@@ -144,6 +144,7 @@ class AutoAmortizedGuide(AutoGuide):
         self.global_params = PyroModule()
         self._built: BuiltGuide | None = None
         self._ran_with_store = False  # whether the network has been in the param store
+        self.path_derivative = False  # set inside PathDerivativeELBO's calls
 
     @property
     def local_sites(self) -> tuple[str, ...]:
@@ -205,7 +206,9 @@ class AutoAmortizedGuide(AutoGuide):
             weights = calls.weights(plan, model, self.init_loc_fn, args, kwargs, plates)
             parts = calls, self._built.sampler, self._registered_network().heads
             parts += self.global_params, features_of, (args, kwargs)
-            visitor = SamplingPass(*parts, plates=plates, weights=weights)
+            visitor = SamplingPass(
+                *parts, plates=plates, weights=weights, path_derivative=self.path_derivative
+            )
             run_plan(plan.steps, visitor)
         return visitor.values
 

@@ -248,6 +248,10 @@ class LowRankMultivariateNormalHead(_CorrelatedHead):
         return self._reshaped(dist.LowRankMultivariateNormal(loc, factor, diagonal))
 
 
+GAUSSIAN_HEADS = (NormalHead, MultivariateNormalHead, LowRankMultivariateNormalHead)
+"""The heads whose density :class:`~pyro_amortized.PathDerivativeELBO` detaches."""
+
+
 @contextmanager
 def widened(heads: Iterable[nn.Module], factor: float) -> Iterator[None]:
     """Within the block, the heads among ``heads`` that have a ``widening``

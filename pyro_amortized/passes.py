@@ -20,8 +20,10 @@ from torch import nn
 
 from .building import BuiltGuide
 from .calls import CallReader, given_rows
+from .heads import GAUSSIAN_HEADS
 from .latent_sites import LatentSite
 from .observed import supervised_term
+from .path_derivative import PathDerivative, detached_call
 from .plan import PlateStep, SiteStep, run_plan, site_steps
 from .sampling import SiteSampler
 from .upstream import head_input, per_point
@@ -81,25 +83,37 @@ class _Pass:
         self.read: dict[str, torch.Tensor] = {}  # unconstrained, as heads read them
 
     def _proposal(
-        self, step: SiteStep, plate: PlateStep, features: torch.Tensor
+        self,
+        step: SiteStep,
+        plate: PlateStep,
+        features: torch.Tensor,
+        *,
+        path_derivative: bool = False,
     ) -> dist.Distribution:
-        """The head's distribution for the plate's rows, given what it reads."""
+        """The head's distribution for the plate's rows, given what it reads;
+        with ``path_derivative``, a Gaussian head's is scored with the head's and
+        the encoder's parameters detached (:mod:`pyro_amortized.path_derivative`)."""
         sites = self.calls.structure.sites
         time = self.calls.time_steps.get(step.name)
         if time is None:
-            pieces = [per_point(self.read[u], sites[u], plate.plate.dim) for u in step.reads]
-            return self.heads[step.key](head_input(features, pieces))
-        # A step of a time chain: its step's features, what it reads, its neighbour last.
-        num_steps = self.calls.sequence_steps[plate.plate.name]
-        features = features.reshape(features.shape[:-1] + (num_steps, -1))[..., time.position, :]
-        reads = [u for u in step.reads if u != time.neighbour] + [time.neighbour]
+            reads = list(step.reads)
+        else:  # a step of a time chain: its step's features, what it reads, its neighbour last
+            num_steps = self.calls.sequence_steps[plate.plate.name]
+            features = features.reshape(features.shape[:-1] + (num_steps, -1))
+            features = features[..., time.position, :]
+            reads = [u for u in step.reads if u != time.neighbour] + [time.neighbour]
         pieces = [
             features.new_zeros(features.shape[:-1] + (time.width,))
             if u is None
             else per_point(self.read[u], sites[u], plate.plate.dim)
             for u in reads
         ]
-        return self.heads[step.key](head_input(features, pieces))
+        head = self.heads[step.key]
+        proposal = head(head_input(features, pieces))
+        if path_derivative and isinstance(head, GAUSSIAN_HEADS):
+            density = detached_call(head, head_input(features.detach(), pieces))
+            return PathDerivative(proposal, density)
+        return proposal
 
 
 class SamplingPass(_Pass):
@@ -108,6 +122,8 @@ class SamplingPass(_Pass):
 
     :param plates: the call's plates.
     :param weights: the model's weights of the guided sites in this call.
+    :param path_derivative: score the Gaussian local sites by their path
+        derivative (:mod:`pyro_amortized.path_derivative`).
     """
 
     def __init__(
@@ -115,10 +131,12 @@ class SamplingPass(_Pass):
         *parts: Any,
         plates: dict[str, pyro.plate],
         weights: Mapping[str, Weight],
+        path_derivative: bool = False,
     ) -> None:
         super().__init__(*parts)
         self.plates = plates
         self.weights = weights
+        self.path_derivative = path_derivative
         self.values: dict[str, torch.Tensor] = {}
         self.indices: torch.Tensor | None = None
 
@@ -148,7 +166,7 @@ class SamplingPass(_Pass):
         if step.name in self.calls.sources:
             self.calls.check_trained_latent(step.name, training=torch.is_grad_enabled())
         with inner_plates(step.site, self.plates), weighted(self.weights.get(step.name)):
-            proposal = self._proposal(step, plate, features)
+            proposal = self._proposal(step, plate, features, path_derivative=self.path_derivative)
             self.values[step.name], self.read[step.name] = self.sampler.sample(step.site, proposal)
 
 
