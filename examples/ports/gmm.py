@@ -43,7 +43,7 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.infer.autoguide.initialization import init_to_value
 from torch.distributions import constraints
 
-from pyro_amortized import AutoAmortizedDelta
+from pyro_amortized import AutoAmortizedDelta, LocalRWS
 
 from ._shared import check_guide_kind, result, timed_steps
 
@@ -123,9 +123,33 @@ def make_data(*, small: bool = False, seed: int = 0) -> tuple[torch.Tensor, torc
     from sklearn.datasets import load_iris
 
     lengths = torch.as_tensor(load_iris().data[:, 2], dtype=torch.get_default_dtype())
-    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed))
+    return _split(lengths, small=small, seed=seed)
+
+
+def make_species(*, small: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether each flower of :func:`make_data`'s split (same arguments) is a
+    setosa, the group of short petals: ``(train, held_out)`` booleans."""
+    from sklearn.datasets import load_iris
+
+    return _split(torch.as_tensor(load_iris().target == 0), small=small, seed=seed)
+
+
+def _split(values: torch.Tensor, *, small: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(len(values), generator=torch.Generator().manual_seed(seed))
     num_train, num_held_out = (30, 10) if small else (120, 30)
-    return lengths[order[:num_train]], lengths[order[num_train : num_train + num_held_out]]
+    return values[order[:num_train]], values[order[num_train : num_train + num_held_out]]
+
+
+def held_out_accuracy(
+    guide: AutoAmortizedDelta, held_out: torch.Tensor, setosa: torch.Tensor
+) -> float:
+    """Share of held-out flowers that the guide's most probable assignment puts
+    in the component of the shorter mean with the setosas (and the others in
+    the other), encoded in one pass."""
+    with torch.no_grad():
+        probs = guide.encode(held_out)["assignment"].probs
+        short = guide.median(held_out)["locs"].argmin()
+    return float(((probs.argmax(-1) == short) == setosa).double().mean())
 
 
 def best_initialization(
@@ -222,6 +246,8 @@ def run_sampled(
     hidden: int = DEFAULT_HIDDEN,
     tries: int = 100,
     small: bool = False,
+    objective: str = "elbo",
+    num_particles: int = 10,
 ) -> dict:
     """``"gmm_sampled"``: the assignments sampled by the guide.
 
@@ -240,13 +266,20 @@ def run_sampled(
     :param hidden: width of the amortized guide's hidden layer.
     :param tries: seeds searched for the hand-written guide's initialization.
     :param small: train on the tiny data set of :func:`make_data`.
+    :param objective: the local training: ``"elbo"`` (the tutorial's, by the
+        score function) or ``"rws"`` (amortized guide only:
+        :class:`pyro_amortized.LocalRWS` with ``num_particles`` particles).
+    :param num_particles: particles per point of ``"rws"``.
     :returns: see :func:`examples.ports._shared.result`; the metric is the
         ELBO of the training points per point (higher is better), an average
-        of 20 particles; the step time is the timed training's.
+        of 20 particles; the step time is the timed training's. The amortized
+        guide's result also has ``"held_out_accuracy"``
+        (:func:`held_out_accuracy`).
     """
     check_guide_kind(guide_kind)
     _check_full_batch(batch_size)
-    train, _ = make_data(small=small, seed=seed)
+    _check_objective(guide_kind, objective)
+    train, held_out = make_data(small=small, seed=seed)
     global_guide, *_ = train_map(guide_kind, train, steps, hidden, tries)
     if guide_kind == "hand":
         guide = make_full_guide(global_guide)
@@ -260,9 +293,11 @@ def run_sampled(
             standardize_inputs=True,
         )
     optim = pyro.optim.Adam({"lr": 0.2, "betas": [0.8, 0.99]})
-    # Nothing is enumerated any more: TraceEnum_ELBO need not say so.
-    elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
-    svi = SVI(model, guide, optim, loss=elbo)
+    if objective == "rws":
+        loss = LocalRWS(num_particles=num_particles, max_plate_nesting=1)
+    else:  # nothing is enumerated any more: TraceEnum_ELBO need not say so
+        loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    svi = SVI(model, guide, optim, loss=loss)
 
     def step(_: int) -> float:
         return svi.step(train)
@@ -273,7 +308,20 @@ def run_sampled(
         max_plate_nesting=1, num_particles=20, strict_enumeration_warning=False
     )
     metric = -estimate.loss(model, guide, train) / len(train)
-    return result("training ELBO per point", metric, losses, step_seconds, step)
+    outcome = result("training ELBO per point", metric, losses, step_seconds, step)
+    if guide_kind == "amortized":
+        _, setosa = make_species(small=small, seed=seed)
+        outcome["held_out_accuracy"] = held_out_accuracy(guide, held_out, setosa)
+    return outcome
+
+
+def _check_objective(guide_kind: str, objective: str) -> None:
+    if objective not in ("elbo", "rws"):
+        raise ValueError(f"objective must be 'elbo' or 'rws', but got {objective!r}.")
+    if objective == "rws" and guide_kind == "hand":
+        raise ValueError(
+            "LocalRWS trains amortized guides of pyro_amortized: use guide_kind='amortized'."
+        )
 
 
 def _check_full_batch(batch_size: int | None) -> None:

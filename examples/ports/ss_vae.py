@@ -37,7 +37,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 from torch import nn
 
-from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized import AutoAmortizedGuide, LocalRWS
 from pyro_amortized.datasets import load_fashion_mnist, train_test_split_digits
 
 from ._shared import check_guide_kind, minibatch_indices, result, timed_steps
@@ -45,6 +45,12 @@ from ._shared import check_guide_kind, minibatch_indices, result, timed_steps
 NUM_CLASSES = 10
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_HIDDEN = 500
+
+OBJECTIVES = ("enumerated", "score_function", "rws")
+"""How ``y`` is handled where it is latent: summed out in the guide (the
+program's ``TraceEnum_ELBO``), sampled and scored by the ELBO's score-function
+gradient (``Trace_ELBO``), or sampled and trained by reweighted wake-sleep
+(:class:`pyro_amortized.LocalRWS`, amortized guide only)."""
 
 
 def concatenate(inputs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -261,6 +267,8 @@ def run(
     aux_loss_multiplier: float = 46.0,
     small: bool = False,
     dataset: str = "digits",
+    objective: str = "enumerated",
+    num_particles: int = 10,
 ) -> dict:
     """Trains the M2 model with one guide and measures the test accuracy.
 
@@ -281,10 +289,13 @@ def run(
     :param aux_loss_multiplier: its weight.
     :param small: train on the tiny data set of :func:`make_data`.
     :param dataset: the images (see :func:`make_data`).
+    :param objective: one of :data:`OBJECTIVES`.
+    :param num_particles: particles per image of ``"rws"``.
     :returns: see :func:`examples.ports._shared.result`; the metric is the test
         accuracy of ``q(y | x)``'s most probable class.
     """
     check_guide_kind(guide_kind)
+    _check_objective(guide_kind, objective)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     data = make_data(small=small, seed=seed, dataset=dataset)
@@ -295,17 +306,19 @@ def run(
         aux_loss_multiplier=aux_loss_multiplier,
     )
     optimizer = Adam({"lr": learning_rate, "betas": (beta_1, 0.999)})
+    enumerated = objective == "enumerated"
     if guide_kind == "hand":
-        guide = config_enumerate(ss_vae.guide, "parallel", expand=True)
+        guide = (
+            config_enumerate(ss_vae.guide, "parallel", expand=True) if enumerated else ss_vae.guide
+        )
     else:
         guide = AutoAmortizedGuide(
             ss_vae.model,
             hidden_dims=(hidden,),
-            enumerate_discrete="parallel",
+            enumerate_discrete="parallel" if enumerated else None,
             supervise={"y": aux_loss_multiplier} if aux_loss else None,
         )
-    elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
-    losses = [SVI(ss_vae.model, guide, optimizer, loss=elbo)]
+    losses = [SVI(ss_vae.model, guide, optimizer, loss=_loss(objective, num_particles))]
     if aux_loss and guide_kind == "hand":
         losses.append(SVI(ss_vae.model_classify, ss_vae.guide_classify, optimizer, Trace_ELBO()))
     batches = interleaved_batches(data, batch_size, seed)
@@ -322,3 +335,20 @@ def run(
         predicted = amortized_classifier(guide, data["x_test"])
     metric = accuracy(predicted, data["y_test"])
     return result("test accuracy", metric, history, step_seconds, step)
+
+
+def _loss(objective: str, num_particles: int) -> TraceEnum_ELBO | Trace_ELBO | LocalRWS:
+    if objective == "enumerated":
+        return TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    if objective == "score_function":
+        return Trace_ELBO()
+    return LocalRWS(num_particles=num_particles)
+
+
+def _check_objective(guide_kind: str, objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, but got {objective!r}.")
+    if objective == "rws" and guide_kind == "hand":
+        raise ValueError(
+            "LocalRWS trains amortized guides of pyro_amortized: use guide_kind='amortized'."
+        )
