@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributions.transforms import ReshapeTransform
 from torch.nn.functional import softplus
 
+from .switches import switched
+
 MIN_SCALE = 1e-5
 """Floor added to every softplus scale, so a scale never reaches zero."""
 
@@ -265,12 +267,5 @@ def widened(heads: Iterable[nn.Module], factor: float) -> Iterator[None]:
         with widened(guide.network.heads.values(), 1.5):
             ...
     """
-    heads = [head for head in heads if hasattr(head, "widening")]
-    previous = [head.widening for head in heads]
-    for head in heads:
-        head.widening = factor
-    try:
+    with switched([head for head in heads if hasattr(head, "widening")], "widening", factor):
         yield
-    finally:
-        for head, value in zip(heads, previous, strict=True):
-            head.widening = value

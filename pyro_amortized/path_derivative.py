@@ -37,6 +37,8 @@ from torch import nn
 from torch.distributions import constraints
 from torch.func import functional_call
 
+from .switches import switched
+
 
 class PathDerivative(dist.TorchDistribution):
     """Samples as ``sampler`` and scores by ``density``: the same distribution
@@ -140,11 +142,5 @@ def path_derivatives(guide: Callable) -> Iterator[None]:
             "PathDerivativeELBO trains the local heads of this package's amortized guides, "
             f"but {type(guide).__name__} holds none: use pyro.infer.Trace_ELBO for other guides."
         )
-    previous = [module.path_derivative for module in guides]
-    for module in guides:
-        module.path_derivative = True
-    try:
+    with switched(guides, "path_derivative", True):
         yield
-    finally:
-        for module, value in zip(guides, previous, strict=True):
-            module.path_derivative = value
