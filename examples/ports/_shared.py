@@ -20,6 +20,18 @@ def check_guide_kind(guide_kind: str) -> None:
         raise ValueError(f"guide_kind must be one of {GUIDE_KINDS}, but got {guide_kind!r}.")
 
 
+def check_objective(guide_kind: str, objective: str, objectives: tuple[str, ...]) -> None:
+    """:raises ValueError: unless ``objective`` is one of ``objectives``, or
+    where ``"rws"`` (:class:`pyro_amortized.LocalRWS`) is asked of the
+    hand-written guide, which is not an amortized guide."""
+    if objective not in objectives:
+        raise ValueError(f"objective must be one of {objectives}, but got {objective!r}.")
+    if objective == "rws" and guide_kind == "hand":
+        raise ValueError(
+            "LocalRWS trains amortized guides of pyro_amortized: use guide_kind='amortized'."
+        )
+
+
 def load_reuters_counts() -> np.ndarray:
     """The ``lda`` package's Reuters word counts, ``(395, 4258)`` documents by words."""
     import lda.datasets

@@ -45,7 +45,7 @@ from torch.distributions import constraints
 
 from pyro_amortized import AutoAmortizedDelta, LocalRWS
 
-from ._shared import check_guide_kind, result, timed_steps
+from ._shared import check_guide_kind, check_objective, result, timed_steps
 
 K = 2
 """Components of the mixture."""
@@ -278,7 +278,7 @@ def run_sampled(
     """
     check_guide_kind(guide_kind)
     _check_full_batch(batch_size)
-    _check_objective(guide_kind, objective)
+    check_objective(guide_kind, objective, ("elbo", "rws"))
     train, held_out = make_data(small=small, seed=seed)
     global_guide, *_ = train_map(guide_kind, train, steps, hidden, tries)
     if guide_kind == "hand":
@@ -313,15 +313,6 @@ def run_sampled(
         _, setosa = make_species(small=small, seed=seed)
         outcome["held_out_accuracy"] = held_out_accuracy(guide, held_out, setosa)
     return outcome
-
-
-def _check_objective(guide_kind: str, objective: str) -> None:
-    if objective not in ("elbo", "rws"):
-        raise ValueError(f"objective must be 'elbo' or 'rws', but got {objective!r}.")
-    if objective == "rws" and guide_kind == "hand":
-        raise ValueError(
-            "LocalRWS trains amortized guides of pyro_amortized: use guide_kind='amortized'."
-        )
 
 
 def _check_full_batch(batch_size: int | None) -> None:

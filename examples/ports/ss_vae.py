@@ -40,7 +40,7 @@ from torch import nn
 from pyro_amortized import AutoAmortizedGuide, LocalRWS
 from pyro_amortized.datasets import load_fashion_mnist, train_test_split_digits
 
-from ._shared import check_guide_kind, minibatch_indices, result, timed_steps
+from ._shared import check_guide_kind, check_objective, minibatch_indices, result, timed_steps
 
 NUM_CLASSES = 10
 DEFAULT_BATCH_SIZE = 200
@@ -295,7 +295,7 @@ def run(
         accuracy of ``q(y | x)``'s most probable class.
     """
     check_guide_kind(guide_kind)
-    _check_objective(guide_kind, objective)
+    check_objective(guide_kind, objective, OBJECTIVES)
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     data = make_data(small=small, seed=seed, dataset=dataset)
@@ -343,12 +343,3 @@ def _loss(objective: str, num_particles: int) -> TraceEnum_ELBO | Trace_ELBO | L
     if objective == "score_function":
         return Trace_ELBO()
     return LocalRWS(num_particles=num_particles)
-
-
-def _check_objective(guide_kind: str, objective: str) -> None:
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, but got {objective!r}.")
-    if objective == "rws" and guide_kind == "hand":
-        raise ValueError(
-            "LocalRWS trains amortized guides of pyro_amortized: use guide_kind='amortized'."
-        )
