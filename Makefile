@@ -43,8 +43,10 @@ format: install
 	$(PYTHON) -m ruff format $(LINT_PATHS)
 	$(PYTHON) -m ruff check --fix $(LINT_PATHS)
 
+# Two workers: the tests are independent (each starts from a fresh param store
+# and seed) and mostly single-threaded.
 unit: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 tests
 
 TUTORIALS := $(wildcard tutorials/*.ipynb)
 # Passive OpenMP threads: spinning ones cost much time on a busy machine.
