@@ -327,6 +327,17 @@ def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
         )
 
 
+def _warn_if_constant(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
+    if all(bool((value == value[:1]).all()) for value in inputs):
+        warn(
+            f"standardize_inputs=True, but the rows of data plate '{plate.name}' in the "
+            "guide's first call are all alike (a layout of zeros that the model simulates "
+            "into, as for LocalNPE?), so nothing is standardized. Pass "
+            "encoder=StandardizingEncoder(MLPEncoder(...), (x,)) with rows x of real or "
+            "simulated data instead.",
+        )
+
+
 def _build_plate(
     built: BuiltGuide,
     modules: GuideModules,
@@ -350,6 +361,7 @@ def _build_plate(
     rows = values[1:] if plate.group_index else values
     inputs = plate_inputs(plate, rows, None, None)
     if options.standardize_inputs:
+        _warn_if_constant(plate, inputs)
         encoder = StandardizingEncoder(encoder, inputs)
     elif isinstance(encoder, MLPEncoder):
         _warn_if_large(plate, inputs)

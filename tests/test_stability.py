@@ -7,6 +7,7 @@ The long runs take 300 steps per model in ``make test`` and 10,000 with
 
 import math
 import os
+import warnings
 from contextlib import nullcontext
 
 import pyro
@@ -85,6 +86,18 @@ def test_standardizing_encoder_errors():
         encoder(torch.randn(2, 3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="standardize_inputs must be True or False"):
         AutoAmortizedGuide(lambda x: None, standardize_inputs="yes")
+
+
+def test_standardizing_a_layout_of_zeros_warns():
+    """A simulating model's first call (LocalNPE's layout) has no spread to
+    standardize by: the guide says so instead of standardizing nothing silently."""
+    from pyro_amortized.simulators import gaussian_linear
+
+    with pytest.warns(UserWarning, match="rows of data plate 'simulations'.*all alike"):
+        AutoAmortizedGuide(gaussian_linear, standardize_inputs=True)(torch.zeros(20, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoAmortizedGuide(gaussian_linear, standardize_inputs=True)(torch.randn(20, 10))
 
 
 def test_standardized_guide_round_trips_through_a_state_dict():
