@@ -69,7 +69,12 @@ class LocalRWS(PerPointObjective):
         likelihood, the local values of the model's own simulation of the
         minibatch, drawn with the step's globals, read from the simulated data
         (see :mod:`pyro_amortized.simulation`). Covers modes that the wake
-        phase's particles do not reach.
+        phase's particles do not reach. It draws one simulation per row, so the
+        minibatch sets its gradient's noise: a flow fitting two narrow modes
+        ended within 0.08 nats of the exact posterior with minibatches of 1,024
+        and a learning rate decayed 100-fold, where minibatches of 256 and a
+        10-fold decay left its KL wandering between 0.1 and 0.9 (see the docs'
+        diagnostics page).
     :param int max_plate_nesting: the model's plate nesting; guessed from one run
         of the model and guide when not given.
     """
