@@ -332,9 +332,9 @@ def _warn_if_constant(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> Non
         warn(
             f"standardize_inputs=True, but the rows of data plate '{plate.name}' in the "
             "guide's first call are all alike (a layout of zeros that the model simulates "
-            "into, as for LocalNPE?), so nothing is standardized. Pass "
-            "encoder=StandardizingEncoder(MLPEncoder(...), (x,)) with rows x of real or "
-            "simulated data instead.",
+            "into, as for LocalNPE?), so nothing is standardized. Pass encoder="
+            "pyro_amortized.encoders.StandardizingEncoder(MLPEncoder(...), (x,)) with rows x "
+            "of real or simulated data instead.",
         )
 
 
