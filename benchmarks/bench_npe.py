@@ -8,9 +8,10 @@ the same model), two posterior estimators are trained:
 * ``sbi``'s NPE (``density_estimator="maf"``, its defaults: minibatches of 200,
   learning rate 5e-4, a tenth of the simulations held out for early stopping);
 * ``AutoAmortizedNormalizingFlow(model, flow=..., num_flows=...,
-  hidden_dims=(64, 64), init_loc_fn=init_to_sample)`` (``--flow`` and
-  ``--num-flows``; SLCP's likelihood is degenerate at the prior's median,
-  where the guide would read the model by default), trained by
+  hidden_dims=..., init_loc_fn=init_to_sample)`` (``--flow``, ``--num-flows``
+  and ``--hidden-dims``, by default ``(64, 64)``; SLCP's likelihood is
+  degenerate at the prior's median, where the guide would read the model by
+  default), trained by
   ``LocalNPE(reuse_simulations=True)`` on minibatches of 200 of nine tenths
   of the simulations, with no guide code, for at most ``--steps`` steps of
   ``ClippedAdam`` (learning rate 1e-3 decayed 10-fold over them), stopped
@@ -73,6 +74,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--observations", type=int, default=3)
     parser.add_argument("--flow", choices=("spline", "iaf"), default="spline")
     parser.add_argument("--num-flows", type=int, default=2)
+    parser.add_argument(
+        "--hidden-dims",
+        default="64,64",
+        help="the encoder's hidden widths, comma-separated; empty for linear features",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -113,7 +119,7 @@ def train_amortized(task: SimulationTask, args: argparse.Namespace):
         task.model,
         flow=args.flow,
         num_flows=args.num_flows,
-        hidden_dims=(64, 64),
+        hidden_dims=tuple(int(width) for width in args.hidden_dims.split(",") if width),
         init_loc_fn=init_to_sample,
     )
     optimizer = pyro.optim.ClippedAdam({"lr": 1e-3, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
@@ -176,7 +182,8 @@ def main() -> None:
     title = (
         f"C2ST against reference posteriors, {args.simulations} simulations, "
         f"{args.observations} observations (seed {args.seed}; ours: {args.num_flows} "
-        f"{args.flow} flows, {args.steps} steps); lower is better, 0.5 perfect"
+        f"{args.flow} flows, hidden widths ({args.hidden_dims}), at most {args.steps} steps); "
+        "lower is better, 0.5 perfect"
     )
     header = ("task", "method", "mean C2ST", "per observation", "training s")
     print_table(title, header, rows)
