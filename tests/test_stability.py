@@ -32,6 +32,7 @@ from pyro_amortized.datasets import load_digits_binarized
 from pyro_amortized.encoders import StandardizingEncoder
 from pyro_amortized.heads import MIN_SCALE
 from pyro_amortized.models import Decoder, digits_vae_model
+from pyro_amortized.simulators import gaussian_linear
 
 LONG_STEPS = int(
     os.environ.get(
@@ -91,8 +92,6 @@ def test_standardizing_encoder_errors():
 def test_standardizing_a_layout_of_zeros_warns():
     """A simulating model's first call (LocalNPE's layout) has no spread to
     standardize by: the guide says so instead of standardizing nothing silently."""
-    from pyro_amortized.simulators import gaussian_linear
-
     with pytest.warns(UserWarning, match="rows of data plate 'simulations'.*all alike"):
         AutoAmortizedGuide(gaussian_linear, standardize_inputs=True)(torch.zeros(20, 10))
     with warnings.catch_warnings():
