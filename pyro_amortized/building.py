@@ -327,8 +327,8 @@ def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
         )
 
 
-def _warn_if_constant(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
-    if all(bool((value == value[:1]).all()) for value in inputs):
+def _warn_if_constant(plate: DataPlate, encoder: StandardizingEncoder) -> None:
+    if encoder.all_constant:
         warn(
             f"standardize_inputs=True, but the rows of data plate '{plate.name}' in the "
             "guide's first call are all alike (a layout of zeros that the model simulates "
@@ -361,8 +361,8 @@ def _build_plate(
     rows = values[1:] if plate.group_index else values
     inputs = plate_inputs(plate, rows, None, None)
     if options.standardize_inputs:
-        _warn_if_constant(plate, inputs)
         encoder = StandardizingEncoder(encoder, inputs)
+        _warn_if_constant(plate, encoder)
     elif isinstance(encoder, MLPEncoder):
         _warn_if_large(plate, inputs)
     if plate.group_index:  # the rows of each group, pooled

@@ -268,10 +268,14 @@ class StandardizingEncoder(nn.Module):
             )
         self.encoder = encoder
         self.num_inputs = len(reference)
+        self.all_constant = True
+        """Whether every feature was constant over the reference rows (nothing
+        is standardized then)."""
         for index, value in enumerate(reference):
             value = value.detach().to(torch.get_default_dtype())
             mean, std = value.mean(0), value.std(0, unbiased=False)
             constant = std <= 1e-6 * (mean.abs() + 1)
+            self.all_constant = self.all_constant and bool(constant.all())
             self.register_buffer(f"mean_{index}", mean)
             self.register_buffer(f"scale_{index}", torch.where(constant, 1.0, std))
 
