@@ -109,6 +109,34 @@ def train_sbi(task: SimulationTask, simulations: int):
     return sample
 
 
+def fit_with_early_stopping(
+    svi: pyro.infer.SVI,
+    layout: torch.Tensor,
+    steps: int,
+    held_out: tuple[torch.Tensor, torch.Tensor],
+) -> int:
+    """Steps ``svi`` on ``layout`` until ``PATIENCE`` passes over it bring no
+    better held-out loss (``-log q(theta | x)`` on ``held_out = (theta, x)``),
+    or for ``steps`` steps; puts the best guide back and returns the steps run."""
+    guide, (theta, x) = svi.guide, held_out
+    steps_per_pass = max(1, len(layout) // BATCH_SIZE)
+    best, best_state, passes_since_best = float("inf"), None, 0
+    for step in range(1, steps + 1):
+        svi.step(layout)
+        if step % steps_per_pass == 0:
+            with torch.no_grad():
+                loss = -guide.encode(x)["theta"].log_prob(theta).mean().item()
+            if loss < best:
+                best, best_state, passes_since_best = loss, copy.deepcopy(guide.state_dict()), 0
+            else:
+                passes_since_best += 1
+            if passes_since_best == PATIENCE:
+                break
+    if best_state is not None:
+        guide.load_state_dict(best_state)
+    return step
+
+
 def train_amortized(task: SimulationTask, args: argparse.Namespace):
     steps = args.steps
     num_held_out = int(HELD_OUT * args.simulations)
@@ -125,22 +153,7 @@ def train_amortized(task: SimulationTask, args: argparse.Namespace):
     optimizer = pyro.optim.ClippedAdam({"lr": 1e-3, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})
     svi = pyro.infer.SVI(task.model, guide, optimizer, LocalNPE(reuse_simulations=True))
     layout = torch.zeros((args.simulations - num_held_out, *task.x_shape))
-    steps_per_pass = max(1, len(layout) // BATCH_SIZE)
-    best, best_state, passes_since_best = float("inf"), None, 0
-    for step in range(1, steps + 1):
-        svi.step(layout)
-        if step % steps_per_pass == 0:
-            with torch.no_grad():
-                q = guide.encode(held_out_x)["theta"]
-                loss = -q.log_prob(held_out_theta).mean().item()
-            if loss < best:
-                best, best_state, passes_since_best = loss, copy.deepcopy(guide.state_dict()), 0
-            else:
-                passes_since_best += 1
-            if passes_since_best == PATIENCE:
-                break
-    if best_state is not None:
-        guide.load_state_dict(best_state)
+    step = fit_with_early_stopping(svi, layout, steps, (held_out_theta, held_out_x))
     print(f"{task.name} LocalNPE: stopped after {step} steps", flush=True)
 
     def sample(x_o: torch.Tensor) -> torch.Tensor:
