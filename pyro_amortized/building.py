@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,6 @@ from typing import Any
 import torch
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroModule
-from pyro.ops.tensor_utils import periodic_repeat
 from torch import nn
 
 from .arguments import bind_arguments, locate_argument
@@ -37,6 +37,7 @@ from .global_heads import GlobalDelta, GlobalNormal, GlobalPriorFamily
 from .initialization import (
     CORRELATED_MAX_INIT_SCALE,
     INIT_SCALE_RANGE,
+    full_size_init,
     initial_unconstrained,
     prior_start,
 )
@@ -63,6 +64,7 @@ from .transforms import bijection_to, saturation_bound
 from .upstream import (
     Dependencies,
     check_dependencies,
+    correlatable_globals,
     coupled_sites,
     per_point,
     upstream_sites,
@@ -219,7 +221,12 @@ def build_guide(
         for argument in set(sources.values()):
             unobserved = locate_argument(model, argument).replace(*unobserved, None)
         coupled = coupled_sites(model, *unobserved)
-    upstream = upstream_sites(structure, options.dependencies, coupled)
+    families = {
+        name: options.site_families.get(name, options.global_family)
+        for name in structure.global_sites
+    }
+    correlatable = correlatable_globals(structure, families)
+    upstream = upstream_sites(structure, options.dependencies, coupled, correlatable)
     sampler = _site_sampler(structure, trace, options)
     names = set(optional)
     for plate in structure.data_plates.values():
@@ -231,7 +238,9 @@ def build_guide(
     for plate in structure.data_plates.values():
         _build_plate(built, modules, plate, options, (trace, outer), arguments)
     for name in structure.global_sites:
-        module = _global_module(structure.sites[name], trace.nodes[name], outer, options, sampler)
+        site, node = structure.sites[name], trace.nodes[name]
+        reads = [structure.sites[u] for u in upstream.get(name, ())]
+        module = _global_module(site, node, outer, options, sampler, reads)
         modules.global_modules[module_key(name)] = module
     calls.plan(model, options.init_loc_fn, args, kwargs, prototype=(trace, outer))
     return built, modules
@@ -436,30 +445,22 @@ def _local_start(
 
 
 def _global_module(
-    site: LatentSite, node: dict, outer: frozenset, options: GuideOptions, sampler: SiteSampler
-) -> PyroModule:
-    """A global site's parameters, of its family."""
+    site: LatentSite, node: dict, outer: frozenset, options: GuideOptions, sampler: SiteSampler,
+    reads: list[LatentSite],
+) -> PyroModule:  # fmt: skip
+    """A global site's parameters, of its family, reading the global sites ``reads``."""
     family = options.site_families.get(site.name, options.global_family)
     transform = sampler.transforms[site.name]
     if family == "prior":
-        full_size = functools.partial(_full_size, site=site)
+        full_size = functools.partial(full_size_init, site=site)
         return GlobalPriorFamily(node["fn"], transform, full_size)
     event_dim = len(site.unconstrained_event_shape)
-    init_loc = _full_size(initial_unconstrained(node, outer, transform), event_dim, site)
+    init_loc = full_size_init(initial_unconstrained(node, outer, transform), event_dim, site)
     if family == "delta":
         return GlobalDelta(init_loc, event_dim)
     scale = GLOBAL_INIT_SCALE if options.init_scale is None else options.init_scale
-    return GlobalNormal(init_loc, scale, event_dim)
-
-
-def _full_size(init: torch.Tensor, event_dim: int, site: LatentSite) -> torch.Tensor:
-    """Repeats an initial value (with ``event_dim`` event dimensions) along
-    subsampled plates to their full size."""
-    for frame in site.frames:
-        full_size = frame.full_size or frame.size
-        if full_size != frame.size:
-            init = periodic_repeat(init, full_size, frame.dim - event_dim).contiguous()
-    return init
+    num_reads = sum(math.prod(read.unconstrained_event_shape) for read in reads)
+    return GlobalNormal(init_loc, scale, event_dim, num_reads=num_reads)
 
 
 def check_family_sites(site_families: dict[str, Family], structure: ModelStructure) -> None:

@@ -16,13 +16,24 @@ from torch.distributions.transforms import Transform
 class GlobalNormal(PyroModule):
     """Per-site Normal over a global site's unconstrained value, as Pyro's AutoNormal.
 
+    With ``num_reads``, the site reads the noise of earlier global sites (see
+    :mod:`pyro_amortized.upstream`), ``(value - loc) / scale`` of each, and its
+    location moves linearly with it: a coefficient on a read noise is a
+    covariance, so that the global sites read this way are jointly Normal, with
+    the coefficients as the off-diagonal entries of a Cholesky factor (as
+    Pyro's ``AutoMultivariateNormal``, site by site). The coefficients start at
+    zero.
+
     :param init_loc: initial location (the full unconstrained value).
     :param init_scale: initial scale.
     :param event_dim: unconstrained event dimensions; parameters are subsampled
         along any subsampled plate the site sits in.
+    :param num_reads: the number of noise values read (for a site outside plates).
     """
 
-    def __init__(self, init_loc: torch.Tensor, init_scale: float, event_dim: int) -> None:
+    def __init__(
+        self, init_loc: torch.Tensor, init_scale: float, event_dim: int, *, num_reads: int = 0
+    ) -> None:
         super().__init__()
         self.event_dim = event_dim
         self.loc = PyroParam(init_loc, constraints.real, event_dim)
@@ -31,9 +42,26 @@ class GlobalNormal(PyroModule):
             constraints.softplus_positive,
             event_dim,
         )
+        self.num_reads = num_reads
+        if num_reads:
+            self.coupling = PyroParam(init_loc.new_zeros(init_loc.numel(), num_reads))
 
-    def forward(self) -> dist.Distribution:
-        return dist.Normal(self.loc, self.scale).to_event(self.event_dim)
+    def forward(self, reads: torch.Tensor | None = None) -> dist.Distribution:
+        """The site's Normal; given the noise ``reads`` of the sites it reads
+        (shape ``(*batch, num_reads)``), the Normal given them."""
+        loc = self.loc
+        if reads is not None:
+            shift = reads @ self.coupling.T
+            loc = loc + shift.reshape(shift.shape[:-1] + loc.shape)
+        return dist.Normal(loc, self.scale).to_event(self.event_dim)
+
+    def marginal(self) -> dist.Distribution:
+        """The site's Normal with the sites it reads integrated out: each
+        coordinate's variance is its scale's square plus its coefficients'."""
+        if not self.num_reads:
+            return self()
+        spread = self.coupling.pow(2).sum(-1).reshape(self.loc.shape)
+        return dist.Normal(self.loc, (self.scale.pow(2) + spread).sqrt()).to_event(self.event_dim)
 
 
 class GlobalDelta(PyroModule):

@@ -163,8 +163,9 @@ class AutoAmortizedGuide(AutoGuide):
 
     @property
     def upstream_sites(self) -> dict[str, tuple[str, ...]]:
-        """Local site -> the sites its head reads besides the data (after the
-        first call); sites that read only the data are left out."""
+        """Latent site -> the sites its head (a global site: its parameters)
+        reads besides the data (after the first call); sites that read only the
+        data are left out."""
         return dict(self._require_built().calls.upstream)
 
     def _require_built(self) -> BuiltGuide:

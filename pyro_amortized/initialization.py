@@ -14,8 +14,10 @@ standard deviations from a prior whose median is ``e^7.5``.
 from __future__ import annotations
 
 import torch
+from pyro.ops.tensor_utils import periodic_repeat
 from torch.distributions.transforms import Transform
 
+from .latent_sites import LatentSite
 from .prototype import model_value
 
 PRIOR_DRAWS = 256
@@ -71,3 +73,13 @@ def prior_start(
                 scale = float(latent.std(0).mean().clamp(INIT_SCALE_RANGE[0], max_scale))
                 return latent.mean(0).mean(0), scale
     return initial_unconstrained(node, outer, transform).mean(0), max_scale
+
+
+def full_size_init(init: torch.Tensor, event_dim: int, site: LatentSite) -> torch.Tensor:
+    """Repeats an initial value (with ``event_dim`` event dimensions) along the
+    site's subsampled plates to their full size."""
+    for frame in site.frames:
+        full_size = frame.full_size or frame.size
+        if full_size != frame.size:
+            init = periodic_repeat(init, full_size, frame.dim - event_dim).contiguous()
+    return init

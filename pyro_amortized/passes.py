@@ -26,7 +26,7 @@ from .observed import supervised_term
 from .path_derivative import PathDerivative, detached_call
 from .plan import PlateStep, SiteStep, run_plan, site_steps
 from .sampling import SiteSampler
-from .upstream import head_input, per_point
+from .upstream import global_reads, head_input, per_point
 from .weights import Weight, weighted
 
 FeaturesOf = Callable[..., torch.Tensor]
@@ -81,6 +81,11 @@ class _Pass:
         self.args, self.kwargs = call
         self.given = calls.given(*call)
         self.read: dict[str, torch.Tensor] = {}  # unconstrained, as heads read them
+
+    def _global_reads(self, step: SiteStep) -> torch.Tensor:
+        """What a global site reads: the noise of the earlier global sites."""
+        sites = self.calls.structure.sites
+        return global_reads([self.read[u] for u in step.reads], [sites[u] for u in step.reads])
 
     def _proposal(
         self,
@@ -143,7 +148,8 @@ class SamplingPass(_Pass):
     def global_site(self, step: SiteStep) -> None:
         with inner_plates(step.site, self.plates), weighted(self.weights.get(step.name)):
             # Inside the plates: the parameters are subsampled along them.
-            proposal = getattr(self.global_params, step.key)()
+            module = getattr(self.global_params, step.key)
+            proposal = module(self._global_reads(step)) if step.reads else module()
             self.values[step.name], read = self.sampler.sample(step.site, proposal)
             self.read[step.name] = standardized(read, proposal)
 
@@ -185,8 +191,9 @@ class PosteriorPass(_Pass):
         self.proposals: dict[str, dist.Distribution] = {}
 
     def global_site(self, step: SiteStep) -> None:
-        # forward() rather than __call__: outside a Pyro context.
-        proposal = getattr(self.global_params, step.key).forward()
+        # Outside a Pyro context (not __call__); the sites it reads integrated out.
+        module = getattr(self.global_params, step.key)
+        proposal = module.marginal() if step.reads else module.forward()
         self._propose(step, proposal)
         if step.name in self.read:
             self.read[step.name] = standardized(self.read[step.name], proposal)

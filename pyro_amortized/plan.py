@@ -48,7 +48,8 @@ class SiteStep:
     :param site: the site.
     :param key: the module key of its head (a local site) or its parameters (a
         global one).
-    :param reads: the sites its head reads besides the data, by name.
+    :param reads: the sites its head (or a global site's parameters) reads
+        besides the data, by name.
     :param observed: observed in this call: read from its argument, not sampled.
     :param supervise: the weight of its ``supervise`` term, if any.
     """
@@ -84,7 +85,8 @@ def site_steps(
     the ``skipped`` ones) its local sites, the ``observed`` ones marked."""
     observed, skipped = frozenset(observed), frozenset(skipped)
     globals_ = tuple(
-        SiteStep(structure.sites[name], module_key(name)) for name in structure.global_sites
+        SiteStep(structure.sites[name], module_key(name), tuple(upstream.get(name, ())))
+        for name in structure.global_sites
     )
     plates = tuple(
         PlateStep(
