@@ -8,10 +8,11 @@ the same model), two posterior estimators are trained:
 * ``sbi``'s NPE (``density_estimator="maf"``, its defaults: minibatches of 200,
   learning rate 5e-4, a tenth of the simulations held out for early stopping);
 * ``AutoAmortizedNormalizingFlow(model, flow=..., num_flows=...,
-  hidden_dims=..., init_loc_fn=init_to_sample)`` (``--flow``, ``--num-flows``
-  and ``--hidden-dims``, by default ``(64, 64)``; SLCP's likelihood is
-  degenerate at the prior's median, where the guide would read the model by
-  default), trained by
+  encoder=MLPEncoder(hidden_dims, include_inputs=...),
+  init_loc_fn=init_to_sample)`` (``--flow``, ``--num-flows``, ``--hidden-dims``,
+  by default ``(64, 64)``, and ``--include-inputs``, features that begin with
+  the observation itself; SLCP's likelihood is degenerate at the prior's
+  median, where the guide would read the model by default), trained by
   ``LocalNPE(reuse_simulations=True)`` on minibatches of 200 of nine tenths
   of the simulations, with no guide code, for at most ``--steps`` steps of
   ``ClippedAdam`` (learning rate 1e-3 decayed 10-fold over them), stopped
@@ -33,7 +34,7 @@ Usage::
 
     python benchmarks/bench_npe.py
     python benchmarks/bench_npe.py --tasks two_moons --simulations 1000 --steps 500
-    python benchmarks/bench_npe.py --flow iaf --num-flows 5
+    python benchmarks/bench_npe.py --flow iaf --num-flows 5 --include-inputs
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from common import machine_line, print_table
 from pyro.infer.autoguide.initialization import init_to_sample
 
 from pyro_amortized import AutoAmortizedNormalizingFlow, LocalNPE
+from pyro_amortized.encoders import MLPEncoder
 from pyro_amortized.simulators import (
     TASKS,
     SimulationTask,
@@ -78,6 +80,11 @@ def parse_args() -> argparse.Namespace:
         "--hidden-dims",
         default="64,64",
         help="the encoder's hidden widths, comma-separated; empty for linear features",
+    )
+    parser.add_argument(
+        "--include-inputs",
+        action="store_true",
+        help="features that begin with the data themselves (MLPEncoder's include_inputs)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -147,7 +154,10 @@ def train_amortized(task: SimulationTask, args: argparse.Namespace):
         task.model,
         flow=args.flow,
         num_flows=args.num_flows,
-        hidden_dims=tuple(int(width) for width in args.hidden_dims.split(",") if width),
+        encoder=MLPEncoder(
+            tuple(int(width) for width in args.hidden_dims.split(",") if width),
+            include_inputs=args.include_inputs,
+        ),
         init_loc_fn=init_to_sample,
     )
     optimizer = pyro.optim.ClippedAdam({"lr": 1e-3, "lrd": 0.1 ** (1 / steps), "clip_norm": 10.0})

@@ -38,10 +38,17 @@ class MLPEncoder(nn.Module):
     The first layer is sized on the first call (``nn.LazyLinear``), so the
     encoder does not need to know the data's shape in advance. With
     ``hidden_dims=()`` the features are the flattened inputs themselves (an
-    encoder whose heads are linear in the data).
+    encoder whose heads are linear in the data). With ``include_inputs=True``
+    the features are the flattened inputs followed by the last layer's output,
+    so that the heads read the data both linearly and through the layers (as
+    the conditioners of a conditional masked autoregressive flow read their
+    context): a posterior whose location is close to linear in the data, such
+    as a Gaussian model's, is then fitted without the layers having to learn
+    an identity.
 
     :param hidden_dims: widths of the hidden layers.
     :param activation: the activation module class applied after each layer.
+    :param include_inputs: whether the features begin with the flattened inputs.
 
     Usage::
 
@@ -53,8 +60,12 @@ class MLPEncoder(nn.Module):
         self,
         hidden_dims: Sequence[int] = (256,),
         activation: type[nn.Module] = nn.ReLU,
+        *,
+        include_inputs: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(include_inputs, bool):
+            raise ValueError(f"include_inputs must be True or False, but got {include_inputs!r}.")
         hidden_dims = tuple(hidden_dims)
         if not all(isinstance(width, int) and width > 0 for width in hidden_dims):
             raise ValueError(f"hidden_dims must be positive integers, but got {hidden_dims}.")
@@ -70,6 +81,7 @@ class MLPEncoder(nn.Module):
             )
             layers.append(activation())
         self.hidden_dims = hidden_dims
+        self.include_inputs = include_inputs and bool(hidden_dims)
         self.layers = nn.Sequential(*layers)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -77,7 +89,10 @@ class MLPEncoder(nn.Module):
         flat = [
             value if value.dim() == 2 else value.reshape(value.shape[0], -1) for value in inputs
         ]
-        return self.layers(flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1))
+        joined = flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
+        if self.include_inputs:
+            return torch.cat([joined, self.layers(joined)], dim=-1)
+        return self.layers(joined)
 
 
 def plate_inputs(

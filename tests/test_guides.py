@@ -559,6 +559,15 @@ def test_mlp_encoder_shapes_and_validation():
     encoder = MLPEncoder(hidden_dims=(16, 8), activation=torch.nn.Tanh)
     assert encoder(torch.randn(4, 2, 3), torch.randn(4)).shape == (4, 8)
     assert MLPEncoder(hidden_dims=())(torch.randn(4, 3)).shape == (4, 3)
+    x, y = torch.randn(4, 2, 3), torch.randn(4)
+    skip = MLPEncoder(hidden_dims=(16, 8), include_inputs=True)
+    features = skip(x, y)
+    assert features.shape == (4, 7 + 8)  # the six values of x and y's, then the layers'
+    assert torch.equal(features[:, :7], torch.cat([x.reshape(4, 6), y[:, None]], -1))
+    assert torch.equal(features[:, 7:], skip.layers(features[:, :7]))
+    assert MLPEncoder(hidden_dims=(), include_inputs=True)(x, y).shape == (4, 7)
+    with pytest.raises(ValueError, match="include_inputs must be True or False"):
+        MLPEncoder(include_inputs=1)
     with pytest.raises(ValueError, match="hidden_dims must be positive integers"):
         MLPEncoder(hidden_dims=(0,))
     with pytest.raises(ValueError, match="activation must be an nn.Module class"):
