@@ -9,7 +9,8 @@ them in a :class:`CallPlan` with the ordered steps of its sites.
 
 :func:`run_plan` is the data path of one call, in this order:
 
-1. each global site, from its per-site parameters;
+1. each global site, from its per-site parameters (given the noise of the
+   earlier global sites it reads);
 2. per data plate the model observes data in: the plate's minibatch rows of
    its inputs, through its encoder, to features;
 3. per local site of the plate, in the plan's order (an inverse of the model's:
@@ -113,7 +114,7 @@ class PlanVisitor(Protocol):
     """What a run of the plan does at each step (see :func:`run_plan`)."""
 
     def global_site(self, step: SiteStep) -> None:
-        """A global site, from its per-site parameters."""
+        """A global site, from its per-site parameters and what it reads."""
 
     def data_plate(self, step: PlateStep) -> AbstractContextManager[torch.Tensor]:
         """Enters the plate; gives its rows' features."""
