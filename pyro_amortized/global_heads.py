@@ -31,6 +31,8 @@ class GlobalNormal(PyroModule):
     :param num_reads: the number of noise values read (for a site outside plates).
     """
 
+    num_reads = 0  # also for guides pickled before global sites read one another
+
     def __init__(
         self, init_loc: torch.Tensor, init_scale: float, event_dim: int, *, num_reads: int = 0
     ) -> None:
