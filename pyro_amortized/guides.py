@@ -83,17 +83,15 @@ class AutoAmortizedGuide(AutoGuide):
         :data:`~pyro_amortized.families.GLOBAL_FAMILIES`.
     :param dependencies: what each head reads besides the data: ``"model"``
         (default) the sites the posterior couples it with, sampled before it
-        in an inverse of the model's order (``q(y | x)`` then ``q(z | x, y)``);
-        ``"mean_field"`` nothing; or ``{site: [names]}``
-        (:mod:`pyro_amortized.upstream`).
+        in an inverse of the model's order (``q(y | x)`` then ``q(z | x, y)``;
+        global sites outside plates read one another too); ``"mean_field"``
+        nothing; or ``{site: [names]}`` (:mod:`pyro_amortized.upstream`).
     :param enumerate_discrete: ``"parallel"`` or ``"sequential"`` marks discrete
         local sites for ``TraceEnum_ELBO``; ``None`` samples them.
-    :param callable create_plates: a function of the model's arguments giving
-        plates to use instead of the guide's.
-    :param standardize_inputs: standardize each encoder input feature by its
-        mean and spread over the first call's rows
-        (:class:`~pyro_amortized.encoders.StandardizingEncoder`), for inputs
-        of large magnitude.
+    :param callable create_plates: the model's arguments -> plates to use.
+    :param standardize_inputs: standardize each encoder input by its mean and
+        spread over the first call's rows, for inputs of large magnitude
+        (:class:`~pyro_amortized.encoders.StandardizingEncoder`).
     :param supervise: ``{site: weight}`` for sites observed in some calls:
         where observed, ``weight * log q(y | x)`` is added to the objective
         (:mod:`pyro_amortized.observed`), which is then not the ELBO alone.
@@ -163,9 +161,8 @@ class AutoAmortizedGuide(AutoGuide):
 
     @property
     def upstream_sites(self) -> dict[str, tuple[str, ...]]:
-        """Latent site -> the sites its head (a global site: its parameters)
-        reads besides the data (after the first call); sites that read only the
-        data are left out."""
+        """Latent site -> the sites it reads besides the data (after the first
+        call); sites that read only the data are left out."""
         return dict(self._require_built().calls.upstream)
 
     def _require_built(self) -> BuiltGuide:
@@ -267,16 +264,15 @@ class AutoAmortizedGuide(AutoGuide):
 
     @torch.no_grad()
     def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """The posterior median of every latent site; local sites for every row
-        of the data in ``args``."""
+        """The posterior median of every latent site, as :meth:`quantiles`."""
         return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
 
     @torch.no_grad()
     def quantiles(
         self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
-        """Coordinate-wise posterior quantiles of every latent site; local sites for
-        every row of the data in ``args``.
+        """Coordinate-wise posterior quantiles of every latent site (local ones
+        for every row of the data in ``args``; global ones their marginals).
 
         Usage::
 
