@@ -205,7 +205,9 @@ def main() -> None:
     title = (
         f"C2ST against reference posteriors, {args.simulations} simulations, "
         f"{args.observations} observations (seed {args.seed}; ours: {args.num_flows} "
-        f"{args.flow} flows, hidden widths ({args.hidden_dims}), at most {args.steps} steps); "
+        f"{args.flow} flows, hidden widths ({args.hidden_dims})"
+        f"{', the inputs in the features' if args.include_inputs else ''}, at most "
+        f"{args.steps} steps); "
         "lower is better, 0.5 perfect"
     )
     header = ("task", "method", "mean C2ST", "per observation", "training s")
