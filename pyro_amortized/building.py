@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +65,7 @@ from .upstream import (
     check_dependencies,
     correlatable_globals,
     coupled_sites,
+    global_size,
     per_point,
     upstream_sites,
 )
@@ -239,8 +239,8 @@ def build_guide(
         _build_plate(built, modules, plate, options, (trace, outer), arguments)
     for name in structure.global_sites:
         site, node = structure.sites[name], trace.nodes[name]
-        reads = [structure.sites[u] for u in upstream.get(name, ())]
-        module = _global_module(site, node, outer, options, sampler, reads)
+        num_reads = sum(global_size(structure.sites[u]) for u in upstream.get(name, ()))
+        module = _global_module(site, node, outer, options, sampler, num_reads)
         modules.global_modules[module_key(name)] = module
     calls.plan(model, options.init_loc_fn, args, kwargs, prototype=(trace, outer))
     return built, modules
@@ -445,10 +445,15 @@ def _local_start(
 
 
 def _global_module(
-    site: LatentSite, node: dict, outer: frozenset, options: GuideOptions, sampler: SiteSampler,
-    reads: list[LatentSite],
-) -> PyroModule:  # fmt: skip
-    """A global site's parameters, of its family, reading the global sites ``reads``."""
+    site: LatentSite,
+    node: dict,
+    outer: frozenset,
+    options: GuideOptions,
+    sampler: SiteSampler,
+    num_reads: int,
+) -> PyroModule:
+    """A global site's parameters, of its family, reading ``num_reads`` values
+    of other global sites."""
     family = options.site_families.get(site.name, options.global_family)
     transform = sampler.transforms[site.name]
     if family == "prior":
@@ -459,7 +464,6 @@ def _global_module(
     if family == "delta":
         return GlobalDelta(init_loc, event_dim)
     scale = GLOBAL_INIT_SCALE if options.init_scale is None else options.init_scale
-    num_reads = sum(math.prod(read.unconstrained_event_shape) for read in reads)
     return GlobalNormal(init_loc, scale, event_dim, num_reads=num_reads)
 
 

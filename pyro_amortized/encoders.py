@@ -48,7 +48,8 @@ class MLPEncoder(nn.Module):
 
     :param hidden_dims: widths of the hidden layers.
     :param activation: the activation module class applied after each layer.
-    :param include_inputs: whether the features begin with the flattened inputs.
+    :param include_inputs: whether the features begin with the flattened inputs
+        (with ``hidden_dims=()`` they are the inputs, once).
 
     Usage::
 

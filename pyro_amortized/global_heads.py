@@ -61,7 +61,7 @@ class GlobalNormal(PyroModule):
         """The site's Normal with the sites it reads integrated out: each
         coordinate's variance is its scale's square plus its coefficients'."""
         if not self.num_reads:
-            return self()
+            return self.forward()
         spread = self.coupling.pow(2).sum(-1).reshape(self.loc.shape)
         return dist.Normal(self.loc, (self.scale.pow(2) + spread).sqrt()).to_event(self.event_dim)
 

@@ -147,7 +147,7 @@ def correlatable_globals(structure: ModelStructure, families: Mapping[str, objec
         for name in structure.global_sites
         if not structure.sites[name].frames
         and structure.sites[name].discrete is None
-        and _global_size(structure.sites[name]) <= MAX_GLOBAL_INPUTS
+        and global_size(structure.sites[name]) <= MAX_GLOBAL_INPUTS
         and families[name] == "normal"
     ]
 
@@ -184,7 +184,8 @@ matrix, a decoder's weights as a latent) would swamp the encoder's features
 and slow every step. Name it in a ``dependencies`` mapping to read it anyway."""
 
 
-def _global_size(site: LatentSite) -> int:
+def global_size(site: LatentSite) -> int:
+    """The number of unconstrained values of a global site, over its full plates."""
     plates = math.prod(frame.full_size or frame.size for frame in site.frames)
     return plates * math.prod(site.unconstrained_event_shape)
 
@@ -200,7 +201,7 @@ def _model_upstream(
             if site not in coupled.get(name, ()):
                 continue
             info = structure.sites[site]
-            if not info.is_local and _global_size(info) > MAX_GLOBAL_INPUTS:
+            if not info.is_local and global_size(info) > MAX_GLOBAL_INPUTS:
                 too_large.setdefault(site, []).append(name)
                 continue
             inputs.append(site)
@@ -209,7 +210,7 @@ def _model_upstream(
     for site, readers in too_large.items():
         warn(
             f"The posterior of local site(s) {readers} depends on global site '{site}' "
-            f"({_global_size(structure.sites[site])} values), which their heads do not "
+            f"({global_size(structure.sites[site])} values), which their heads do not "
             f"read: more than {MAX_GLOBAL_INPUTS} values would swamp the encoder's "
             f"features. Name it in dependencies={{'{readers[0]}': [...]}} to read it "
             "anyway, or pass dependencies='mean_field' to silence this.",
