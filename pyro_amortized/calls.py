@@ -18,7 +18,7 @@ import pyro
 import torch
 from torch import nn
 
-from .argument_masks import masks_from_arguments, same_weights, sliced_masks
+from .argument_masks import copied_masks, masks_from_arguments, same_weights, sliced_masks
 from .arguments import ArgumentLocation, bind_arguments, call_key, locate_argument
 from .encoders import plate_inputs
 from .observed import observed_sources
@@ -93,7 +93,7 @@ class CallReader:
                 plan = UNKNOWN
             else:
                 trace, outer = prototype or trace_prototype(model, init_loc_fn, args, kwargs)
-                plan = self.remember(model, trace, outer, args, kwargs)
+                plan = self.remember(model, init_loc_fn, trace, outer, args, kwargs)
             observed = self.given(args, kwargs)
             skipped = self._generated_plates(plan, args, kwargs)
             steps = site_steps(self.structure, self.upstream, self.supervise, observed, skipped)
@@ -102,7 +102,13 @@ class CallReader:
         return plan
 
     def remember(
-        self, model: Callable, trace: Any, outer: frozenset, args: tuple, kwargs: dict
+        self,
+        model: Callable,
+        init_loc_fn: Callable,
+        trace: Any,
+        outer: frozenset,
+        args: tuple,
+        kwargs: dict,
     ) -> CallPlan:
         """The plan of a call signature from a run of the model; learns which
         argument holds a local site this call observes."""
@@ -113,7 +119,10 @@ class CallReader:
         if vary(plan.weights):
             self.weights_vary = True
             named = bind_arguments(model, args, kwargs)
-            plan = dataclasses.replace(plan, masks=sliced_masks(trace, plan.weights, named))
+            masks = sliced_masks(trace, plan.weights, named)
+            if masks is None:  # masks copied from the arguments show in a second run
+                masks = copied_masks(model, init_loc_fn, args, kwargs, plan.weights, named)
+            plan = dataclasses.replace(plan, masks=masks)
         unknown = [name for name in self.structure.local_sites if name not in self.sources]
         learned = observed_sources(model, trace, outer, args, kwargs, unknown)
         for argument in learned.values():

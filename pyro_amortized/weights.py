@@ -13,8 +13,8 @@ depend only on the shapes of a call and are read once per call signature;
 tensor weights (masks from the data) are read again on every call, from a run
 of the model on the guide's minibatch rows (or, in a call that plans a new
 signature with no plate subsampled, from the run that plans it; masks that are
-slices of the call's arguments are sliced from them, see
-:mod:`pyro_amortized.argument_masks`).
+slices of the call's arguments, or boolean copies of slices, are sliced from
+them, see :mod:`pyro_amortized.argument_masks`).
 """
 
 from __future__ import annotations
@@ -140,17 +140,22 @@ def weights_on_rows(
         for name, plate in plates.items()
         if 0 < plate.subsample_size < plate.size
     }
+    trace = quiet_run(poutine.condition(model, data=rows), init_loc_fn, args, kwargs)
+    return handler_weights(trace, names)
+
+
+def quiet_run(model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict) -> poutine.Trace:
+    """A trace of the model's prototype run (see
+    :func:`~pyro_amortized.prototype.trace_prototype`) without gradients,
+    leaving the random state as it was."""
     # The run draws its initial values at random: the guide's own draws must not
     # depend on it, so the random state is put back.
     state = get_rng_state()
     try:
         with torch.no_grad():
-            trace, _ = trace_prototype(
-                poutine.condition(model, data=rows), init_loc_fn, args, kwargs
-            )
+            return trace_prototype(model, init_loc_fn, args, kwargs)[0]
     finally:
         set_rng_state(state)
-    return handler_weights(trace, names)
 
 
 def weighted(weight: Weight | None) -> ExitStack:

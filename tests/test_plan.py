@@ -4,6 +4,7 @@ from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
 from pyro_amortized import AutoAmortizedGuide
@@ -129,6 +130,37 @@ def test_masks_sliced_from_an_argument_are_taken_from_later_calls_without_the_mo
         for t in range(4):
             assert torch.equal(trace.nodes[f"z_{t}"]["mask"], mask[:, t])
     assert len(runs) == 5  # runs that check the sliced masks: calls 2, 3, 5, 9 and 17
+
+
+@pytest.mark.parametrize("form", ["distribution", "handler"])
+def test_masks_copied_from_a_float_argument_are_taken_from_later_calls_without_the_model(form):
+    # Pyro's deep Markov model masks with a float mask's slice, which
+    # MaskedDistribution copies to a boolean tensor: no view of the argument.
+    runs = []
+
+    def padded_model(x, mask):
+        runs.append(1)
+        with pyro.plate("data", x.shape[0]):
+            for t in range(x.shape[1]):
+                prior = dist.Normal(torch.zeros(6, 2), 1.0)
+                if form == "distribution":
+                    z = pyro.sample(f"z_{t}", prior.mask(mask[:, t : t + 1]).to_event(1))
+                else:
+                    with pyro.poutine.mask(mask=mask[:, t].bool()):
+                        z = pyro.sample(f"z_{t}", prior.to_event(1))
+                pyro.sample(f"x_{t}", dist.Normal(z.sum(-1), 1.0), obs=x[:, t])
+
+    pyro.clear_param_store()
+    x = torch.randn(6, 4)
+    guide = AutoAmortizedGuide(padded_model, hidden_dims=(4,))
+    guide(x, torch.ones(6, 4))
+    runs.clear()
+    for _ in range(16):
+        mask = (torch.rand(6, 4) < 0.5).float()
+        trace = pyro.poutine.trace(guide).get_trace(x, mask)
+        for t in range(4):
+            assert torch.equal(trace.nodes[f"z_{t}"]["mask"], mask[:, t].bool())
+    assert len(runs) == 5  # runs that check the copied masks: calls 2, 3, 5, 9 and 17
 
 
 def test_masks_sliced_otherwise_in_a_later_call_are_read_from_the_model():
