@@ -120,7 +120,7 @@ class CallReader:
             self.weights_vary = True
             named = bind_arguments(model, args, kwargs)
             masks = sliced_masks(trace, plan.weights, named)
-            if masks is None:  # masks copied from the arguments show in a second run
+            if masks is None and plan.takes_every_row:  # copies show in a second run
                 masks = copied_masks(model, init_loc_fn, args, kwargs, plan.weights, named)
             plan = dataclasses.replace(plan, masks=masks)
         unknown = [name for name in self.structure.local_sites if name not in self.sources]
@@ -182,7 +182,7 @@ class CallReader:
             return plan.weights
         # A call that made its plan ran the model on its arguments: where no
         # plate took a minibatch of rows, that run's weights are the call's.
-        whole = all(size == rows for size, rows in plan.plate_sizes.values())
+        whole = plan.takes_every_row
         if plan is self.fresh and whole:
             return plan.weights
         sliced = None

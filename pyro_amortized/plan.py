@@ -163,6 +163,11 @@ class CallPlan:
     steps: tuple[tuple[SiteStep, ...], tuple[PlateStep, ...]] | None = field(default=None)
     masks: Mapping[str, SlicedMask] | None = field(default=None)
 
+    @property
+    def takes_every_row(self) -> bool:
+        """Whether every plate of such a call takes all its rows (no minibatch)."""
+        return all(size == rows for size, rows in self.plate_sizes.values())
+
     @classmethod
     def read(
         cls, trace: poutine.Trace, outer: frozenset[str], structure: ModelStructure
