@@ -87,7 +87,7 @@ class AutoAmortizedGuide(AutoGuide):
         global sites outside plates read one another too); ``"mean_field"``
         nothing; or ``{site: [names]}`` (:mod:`pyro_amortized.upstream`).
     :param enumerate_discrete: ``"parallel"`` or ``"sequential"`` marks discrete
-        local sites for ``TraceEnum_ELBO``; ``None`` samples them.
+        local sites for ``TraceEnum_ELBO``, values expanded; ``None`` samples them.
     :param callable create_plates: the model's arguments -> plates to use.
     :param standardize_inputs: standardize each encoder input by its mean and
         spread over the first call's rows, for inputs of large magnitude

@@ -140,11 +140,13 @@ class SiteSampler:
     def discrete_infer(self, site: LatentSite) -> dict:
         """How ELBOs treat a discrete local site: enumerated by TraceEnum_ELBO when
         ``enumerate_discrete`` is set and the site is one categorical choice (Pyro
-        does not enumerate cartesian products of event dimensions), else a
-        score-function term with Pyro's decaying-average baseline."""
+        does not enumerate cartesian products of event dimensions), its values
+        expanded over the rows (``config_enumerate(expand=True)``: a model may
+        concatenate them with a row's tensors), else a score-function term with
+        Pyro's decaying-average baseline."""
         single_choice = site.event_dim == (1 if site.discrete == "one_hot" else 0)
         if self.enumerate_discrete is not None and single_choice:
-            return {"enumerate": self.enumerate_discrete}
+            return {"enumerate": self.enumerate_discrete, "expand": True}
         return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
 
     def constrained(self, unconstrained: dist.Distribution, site: LatentSite) -> dist.Distribution:

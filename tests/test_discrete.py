@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import train
+from helpers import SEED, train
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.infer.autoguide.initialization import init_to_value
 
@@ -80,6 +80,33 @@ def test_bernoulli_and_one_hot_heads(enumerate_discrete):
     median = guide.median(new)
     assert median["bits"].shape == (7, 2) and median["kind"].sum(-1).eq(1).all()
     assert guide.quantiles([0.1, 0.9], new)["bits"].shape == (2, 7, 2)
+
+
+def test_an_enumerated_label_has_every_rows_shape_in_the_model():
+    # scANVI's decoder concatenates the code and the label, which needs the
+    # label's enumerated values expanded over the rows.
+    weight = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]])
+
+    def decoded(z, y, concatenate):
+        if concatenate:
+            return torch.cat([z, y], dim=-1) @ weight.T
+        return z @ weight[:, :1].T + y @ weight[:, 1:].T
+
+    def labelled(x, y=None, concatenate=True):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, torch.ones(1)).to_event(1))
+            y = pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(2)), obs=y)
+            pyro.sample("x", dist.Normal(decoded(z, y, concatenate), 1.0).to_event(1), obs=x)
+
+    x = torch.randn(8, 2)
+    guide = AutoAmortizedGuide(labelled, enumerate_discrete="parallel", hidden_dims=(4,))
+    guide(x, torch.eye(2)[torch.arange(8) % 2])  # a labelled call first, as in training
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    losses = []
+    for concatenate in (True, False):  # the same model, written without broadcasting
+        pyro.set_rng_seed(SEED)
+        losses.append(elbo.loss(labelled, guide, x, None, concatenate))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 def test_discrete_quantiles_follow_the_cumulative_probabilities():
