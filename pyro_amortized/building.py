@@ -48,7 +48,7 @@ from .observed import (
     sometimes_observed,
 )
 from .params import module_key
-from .prototype import model_value, trace_prototype
+from .prototype import enumerated_in_plates, model_value, trace_prototype
 from .sampling import SiteSampler, is_identity
 from .sequences import SequenceEncoder, TimeStep, chain_steps, has_time_axis, time_chains
 from .set_encoders import SetEncoder
@@ -210,7 +210,7 @@ def build_guide(
     optional = arguments_defaulting_to_none(model)
     sources = sometimes_observed(trace, outer, arguments, optional)
     structure = read_model(trace, outer, arguments, options.amortize_on, sources)
-    warn_if_nothing_to_amortize(structure)
+    warn_if_nothing_to_amortize(structure, enumerated_in_plates(trace, outer))
     check_supervised_sites(options.supervise, structure.local_sites)
     _check_encoder_plates(options.encoder, structure)
     check_family_sites(options.site_families, structure)

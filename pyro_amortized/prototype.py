@@ -125,6 +125,23 @@ def model_frames(site: dict, outer: frozenset[str]) -> tuple[CondIndepStackFrame
     )
 
 
+def enumerated_in_plates(trace: poutine.Trace, outer: frozenset[str]) -> dict[str, list[str]]:
+    """The sites the model enumerates in each of its vectorized plates that
+    hold observed data."""
+    enumerated: dict[str, list[str]] = {}
+    with_data = set()
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        plates = [frame.name for frame in model_frames(site, outer)]
+        if site["is_observed"] and holds_data(site):
+            with_data.update(plates)
+        elif not site["is_observed"] and is_enumerated(site):
+            for plate in plates:
+                enumerated.setdefault(plate, []).append(name)
+    return {plate: names for plate, names in enumerated.items() if plate in with_data}
+
+
 def holds_data(site: dict) -> bool:
     """Whether an observed site holds data. ``pyro.factor`` and
     ``pyro.deterministic`` record observed sites that hold none, and so do the

@@ -469,13 +469,24 @@ def _indices_argument(plate: str, indices: torch.Tensor, arguments: dict[str, An
     )
 
 
-def warn_if_nothing_to_amortize(structure: ModelStructure) -> None:
-    """Warns once when the model has no data plate holding latent sites."""
+def warn_if_nothing_to_amortize(
+    structure: ModelStructure, enumerated: Mapping[str, list[str]]
+) -> None:
+    """Warns once when the model has no data plate holding latent sites; names
+    the sites the model ``enumerated`` in each plate, which are left to the ELBO."""
     if not structure.sites:
         warn(
             "The model has no latent site the guide covers (every sample site is "
             "observed, deterministic or enumerated by the model), so the guide samples "
             "nothing. If a site should be latent, check that it is not given obs=.",
+            UserWarning,
+        )
+    elif not structure.data_plates and enumerated:
+        sites = "; ".join(f"{names} in plate '{plate}'" for plate, names in enumerated.items())
+        warn(
+            f"The model enumerates its local sites ({sites}), which TraceEnum_ELBO sums "
+            "out, and has no other latent site in a data plate, so there is nothing to "
+            "amortize: every latent site gets per-site parameters, as with AutoNormal.",
             UserWarning,
         )
     elif not structure.data_plates:

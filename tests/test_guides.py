@@ -453,6 +453,19 @@ def test_amortize_on_overrides_the_inputs(amortize_on, inputs):
     assert guide.encode(covariates, y)["effect"].batch_shape == (10,)
 
 
+def test_a_data_plate_whose_local_sites_the_model_enumerates_says_so():
+    def model(x):
+        p = pyro.sample("p", dist.Beta(1.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(p), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(2.0 * z, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    with pytest.warns(UserWarning, match=r"enumerates its local sites \(\['z'\] in plate 'data'"):
+        TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, torch.randn(20))
+    assert guide.local_sites == () and guide.global_sites == ("p",)
+
+
 def test_model_without_data_plate_warns_and_behaves_as_autonormal():
     def model(y):
         loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
