@@ -27,7 +27,10 @@ class LatentSite:
     :param frames: the vectorized plates the site sits in, outermost first.
     :param data_plate: the name of its data plate, ``None`` for a global site.
     :param point_batch_shape: for a local site, the batch shape of one data
-        point (the site's batch shape without the data plate's dimension).
+        point (the site's batch shape without the data plate's dimension); for
+        a global site, the batch dimensions no plate declares (of size 1 in a
+        model that Pyro validates: a batch dimension needs a plate or
+        ``.to_event``).
     :param discrete: for a discrete local site the guide samples, its kind:
         ``"bernoulli"``, ``"categorical"`` or ``"one_hot"``.
     :param num_categories: the number of values of a discrete site.
@@ -146,9 +149,18 @@ def latent_site(
     event_shape = fn.event_shape
     site_frames = model_frames(site, outer)
     unconstrained_event_shape = transform.inverse_shape(event_shape)
-    if plate is None:
-        return LatentSite(name, support, event_shape, unconstrained_event_shape, site_frames)
     batch_shape = model_value(site, outer).shape[: -len(event_shape) or None]
+    if plate is None:
+        plated = {len(batch_shape) + frame.dim for frame in site_frames}
+        undeclared = [size for i, size in enumerate(batch_shape) if i not in plated]
+        return LatentSite(
+            name,
+            support,
+            event_shape,
+            unconstrained_event_shape,
+            site_frames,
+            point_batch_shape=torch.Size(undeclared),
+        )
     position = len(batch_shape) + frames[plate].dim
     leading = batch_shape[:position]
     if any(size != 1 for size in leading):

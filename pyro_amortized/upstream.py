@@ -87,7 +87,16 @@ def readable_sites(structure: ModelStructure, name: str) -> list[str]:
     sites sampled before it in its data plate."""
     plate = structure.data_plates[structure.sites[name].data_plate]
     earlier = plate.sites[: plate.sites.index(name)]
-    return list(structure.global_sites) + list(earlier)
+    return [u for u in structure.global_sites if readable_global(structure.sites[u])] + list(
+        earlier
+    )
+
+
+def readable_global(site: LatentSite) -> bool:
+    """Whether heads can read a global site: not one with batch dimensions that
+    no plate declares and that are not of size 1 (which Pyro's validation
+    refuses, and which the guide could not tell from particles)."""
+    return math.prod(site.point_batch_shape) == 1
 
 
 def upstream_sites(
@@ -146,6 +155,7 @@ def correlatable_globals(structure: ModelStructure, families: Mapping[str, objec
         name
         for name in structure.global_sites
         if not structure.sites[name].frames
+        and readable_global(structure.sites[name])
         and structure.sites[name].discrete is None
         and global_size(structure.sites[name]) <= MAX_GLOBAL_INPUTS
         and families[name] == "normal"
@@ -242,12 +252,13 @@ def per_point(value: torch.Tensor, site: LatentSite, plate_dim: int) -> torch.Te
 
 def global_reads(values: Sequence[torch.Tensor], sites: Sequence[LatentSite]) -> torch.Tensor:
     """The values of global sites outside plates as a global site reads them:
-    each flattened over its event, side by side, broadcast over the batch
-    dimensions (particles) they have."""
-    pieces = [
-        value.reshape(value.shape[: value.dim() - len(site.unconstrained_event_shape)] + (-1,))
-        for value, site in zip(values, sites, strict=True)
-    ]
+    each flattened over its event (and its batch dimensions of size 1 that no
+    plate declares), side by side, broadcast over the batch dimensions
+    (particles) they have."""
+    pieces = []
+    for value, site in zip(values, sites, strict=True):
+        flattened = len(site.point_batch_shape) + len(site.unconstrained_event_shape)
+        pieces.append(value.reshape(value.shape[: value.dim() - flattened] + (-1,)))
     return head_input(pieces[0], pieces[1:])
 
 

@@ -130,16 +130,30 @@ def _scale_model(x):
         pyro.sample("x", dist.Normal(0.0, scale), obs=x)
 
 
+def _share_model(x):
+    """z, then a child of z in the unit interval: the guide samples the child
+    first, and z's head reads it."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        share = pyro.sample("share", dist.Beta(z.exp(), 1.0))
+        pyro.sample("x", dist.Normal(0.0, share + 0.1), obs=x)
+
+
 def test_heads_read_the_unconstrained_sample_itself():
-    # exp(100) overflows float32: a head reading log(exp(latent)) would get inf.
+    # sigmoid(30) rounds to 1 in float32: logit(sigmoid(latent)) is not 30.
     x = torch.randn(6)
-    guide = AutoAmortizedGuide(_scale_model, dependencies={"z": ["scale"]})
+    guide = AutoAmortizedGuide(_share_model, dependencies={"z": ["share"]}, init_scale=1e-3)
     guide(x)
     with torch.no_grad():
-        guide.network.heads["scale"].loc.bias.fill_(100.0)
+        guide.network.heads["share"].loc.bias.fill_(30.0)
+        z_loc = guide.network.heads["z"].loc
+        z_loc.weight.zero_()
+        z_loc.weight[:, -1] = 1.0  # z's mean is the value it reads of share
+        z_loc.bias.zero_()
     trace = poutine.trace(guide).get_trace(x)
-    assert torch.isinf(trace.nodes["scale"]["value"]).all()
-    assert torch.isfinite(trace.nodes["z"]["value"]).all()
+    share = trace.nodes["share"]["value"]
+    assert (torch.logit(share) < 20.0).all()  # what reading the value would give
+    assert torch.allclose(trace.nodes["z"]["value"], torch.tensor(30.0), atol=0.1)
     assert torch.isfinite(guide.median(x)["z"]).all()
 
 
@@ -218,6 +232,46 @@ def test_global_sites_linked_through_locals_are_jointly_normal():
     # quantiles and medians read the marginal of c, whose draws read mu
     low, high = guide.quantiles([0.1587, 0.8413], x)["c"]
     assert abs((high - low) / 2 / draws[:, 1].std() - 1) < 0.1
+
+
+SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+
+def eight_schools(y, plated=True):
+    # As Pyro's eight schools example writes it: globals of shape (1,) with
+    # neither a plate nor .to_event (size-1 batch dimensions, which Pyro allows).
+    mu = pyro.sample("mu", dist.Normal(torch.zeros(1), 10.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(25.0 * torch.ones(1)))
+    if plated:
+        with pyro.plate("schools", 8):
+            eta = pyro.sample("eta", dist.Normal(0.0, 1.0))
+            pyro.sample("obs", dist.Normal(mu + tau * eta, SIGMA), obs=y)
+    else:  # eta's batch dimension undeclared, which Pyro's validation refuses
+        eta = pyro.sample("eta", dist.Normal(torch.zeros(8), 1.0))
+        pyro.sample("obs", dist.Normal(mu + tau * eta, SIGMA), obs=y)
+
+
+def shapes(fn, *args):
+    trace = poutine.trace(fn).get_trace(*args)
+    return {name: site["value"].shape for name, site in trace.nodes.items() if name in "mu tau eta"}
+
+
+def test_globals_with_undeclared_batch_dimensions_keep_the_models_shapes():
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    guide = AutoAmortizedGuide(eight_schools, amortize_on="y")
+    assert shapes(guide, y) == shapes(eight_schools, y)
+    assert guide.upstream_sites["tau"] == ("mu",)  # tau reads mu's noise
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True)
+    assert math.isfinite(elbo.loss(eight_schools, guide, y))
+    # A global with a batch dimension that is not of size 1 is read by no head:
+    # the guide is AutoNormal's, and Pyro's validation names the model's fix.
+    guide = AutoAmortizedGuide(eight_schools, amortize_on="y")
+    with pytest.warns(UserWarning, match="nothing to amortize"):
+        guide(y, False)
+    assert "eta" not in guide.upstream_sites.get("tau", ()) + guide.upstream_sites.get("mu", ())
+    assert shapes(guide, y, False) == shapes(eight_schools, y, False)
+    with pytest.raises(ValueError, match="invalid log_prob shape"):
+        Trace_ELBO().loss(eight_schools, guide, y, False)
 
 
 def test_global_reads_follow_paths_through_local_sites_only():
