@@ -77,9 +77,9 @@ SIZING_ROWS = 8
 GLOBAL_INIT_SCALE = 0.1
 """Initial scale of global sites without ``init_scale``, as Pyro's ``AutoNormal``."""
 
-LARGE_INPUT = 100.0
-"""Magnitude of an input to the default encoder above which the guide warns
-that it should be standardized."""
+LARGE_INPUT = (100.0, 10.0)
+"""An input's largest magnitude and root mean square above which the guide warns
+that the default encoder's inputs need scaling (see :ref:`numerical-stability`)."""
 
 
 @dataclass(frozen=True)
@@ -326,13 +326,16 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
 
 
 def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
-    largest = max(float(value.abs().max()) if value.numel() else 0.0 for value in inputs)
-    if largest > LARGE_INPUT:
+    sizes = [(float(v.abs().max()), float(v.pow(2).mean().sqrt())) for v in inputs if v.numel()]
+    largest, typical = (max(size) for size in zip(*sizes, strict=True)) if sizes else (0.0, 0.0)
+    if largest > LARGE_INPUT[0] or typical > LARGE_INPUT[1]:
         warn(
-            f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f}. "
+            f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f} "
+            f"(root mean square {typical:,.1f}). "
             "An encoder fed unscaled inputs can throw its outputs far in its first steps "
-            "(NaN losses, diverged parameters). Pass standardize_inputs=True, or an "
-            "encoder= that scales them (for example log1p for counts).",
+            "(NaN losses, diverged parameters, or a fit stuck far below its best). Pass "
+            "standardize_inputs=True, or an encoder= that scales them (for example log1p "
+            "for counts).",
         )
 
 

@@ -150,17 +150,11 @@ def latent_site(
     site_frames = model_frames(site, outer)
     unconstrained_event_shape = transform.inverse_shape(event_shape)
     batch_shape = model_value(site, outer).shape[: -len(event_shape) or None]
+    common = (name, support, event_shape, unconstrained_event_shape, site_frames)
     if plate is None:
         plated = {len(batch_shape) + frame.dim for frame in site_frames}
         undeclared = [size for i, size in enumerate(batch_shape) if i not in plated]
-        return LatentSite(
-            name,
-            support,
-            event_shape,
-            unconstrained_event_shape,
-            site_frames,
-            point_batch_shape=torch.Size(undeclared),
-        )
+        return LatentSite(*common, point_batch_shape=torch.Size(undeclared))
     position = len(batch_shape) + frames[plate].dim
     leading = batch_shape[:position]
     if any(size != 1 for size in leading):
@@ -176,11 +170,7 @@ def latent_site(
                 f"Only its data plate '{plate}' may subsample; use a fixed-size plate."
             )
     return LatentSite(
-        name,
-        support,
-        event_shape,
-        unconstrained_event_shape,
-        site_frames,
+        *common,
         data_plate=plate,
         point_batch_shape=batch_shape[position + 1 :],
         discrete=discrete,

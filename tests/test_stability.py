@@ -150,6 +150,28 @@ def test_raw_counts_without_standardizing_warn_then_fail_clearly():
             svi.step(counts)
 
 
+def _schools_model(data):
+    with pyro.plate("schools", data.shape[0]):
+        eta = pyro.sample("eta", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(10.0 * eta, data[:, 1]), obs=data[:, 0])
+
+
+def test_inputs_in_the_tens_warn_and_an_outlier_of_standardized_data_does_not():
+    # Pyro's eight schools: effects and standard errors up to 28 (root mean
+    # square 13), which throw a 256-wide encoder's heads far in the first step.
+    effects = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    errors = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+    schools = torch.stack([effects, errors], dim=1)
+    with pytest.warns(UserWarning, match=r"as large as 28 \(root mean square 13.0\)"):
+        AutoAmortizedGuide(_schools_model)(schools)
+    standardized = torch.randn(500, 2)
+    standardized[0, 0] = 12.0  # a z-score of 12: large, but the rows are of unit scale
+    standardized[:, 1] = standardized[:, 1].abs() + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoAmortizedGuide(_schools_model)(standardized)
+
+
 def test_raw_counts_with_standardized_inputs():
     pyro.set_rng_seed(SEED)
     counts, exact_mean = poisson_data(1000)
