@@ -30,7 +30,19 @@ def _init_fn(init_loc_fn: Callable) -> Callable:
     """``init_loc_fn`` for continuous sites; a prior draw for discrete ones."""
 
     def init(site: dict) -> torch.Tensor:
-        if is_enumerated(site) or site["fn"].support.is_discrete:
+        try:
+            discrete = site["fn"].support.is_discrete
+        except NotImplementedError as error:
+            fn = site["fn"]
+            while isinstance(fn, (dist.ExpandedDistribution, dist.Independent)):
+                fn = fn.base_dist
+            raise ValueError(
+                f"Site '{site['name']}' has a {type(fn).__name__} with no support, "
+                "which the guide needs to map its unconstrained values to the site's. Give "
+                "the distribution a support (a flow over real vectors: "
+                "constraints.real_vector) and sample and rsample methods."
+            ) from error
+        if is_enumerated(site) or discrete:
             return site["fn"].sample().detach()
         return init_loc_fn(site)
 

@@ -1,6 +1,7 @@
 """Bad data gets a clear error or a documented conversion, never a crash deep in torch."""
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from helpers import train
@@ -63,3 +64,26 @@ def test_encoder_inputs_are_checked_when_the_features_are_not_finite():
     with pytest.raises(ValueError, match="inputs hold NaN or infinite values"):
         encode_features(encoder, (torch.tensor([[0.0, float("nan")]]),))
     assert pyro.get_param_store().keys() == set()
+
+
+class _NoSupport(dist.TorchDistribution):
+    """A distribution without a support, as Pyro's wrapper of a zuko flow."""
+
+    arg_constraints = {}
+
+    def __init__(self, rows):
+        super().__init__(torch.Size([rows]), torch.Size([2]))
+
+    def log_prob(self, value):
+        return value.new_zeros(value.shape[:-1])
+
+
+def test_a_distribution_without_a_support_is_named():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", _NoSupport(x.shape[0]))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    with pytest.raises(ValueError, match="Site 'z' has a _NoSupport with no support"):
+        guide(torch.zeros(3, 2))
