@@ -320,12 +320,15 @@ def _data_plate_candidates(
         if inputs:
             candidates[name] = inputs
         elif _holds_latents(frame, latent, outer):
+            nested = [a for a, v in arguments.items() if isinstance(v, (Mapping, list, tuple))]
+            where = f", or inside argument {', '.join(nested)}" if nested else ""
             raise ValueError(
                 f"Latent sites sit in plate '{name}' (size {frame.full_size or frame.size}), "
                 "but no model argument holds its rows: the observed data seems to come "
-                "from outside the model's arguments (a closure or global variable). "
-                "Pass the data as an argument of the model, with one row per data point "
-                "along its first dimension, or name the inputs with amortize_on=."
+                f"from outside the model's arguments (a closure or global variable{where}: "
+                "the guide reads tensor arguments only). Pass the data as a tensor "
+                "argument of the model, with one row per data point along its first "
+                "dimension, or name the inputs with amortize_on=."
             )
     return candidates
 
@@ -469,9 +472,7 @@ def _indices_argument(plate: str, indices: torch.Tensor, arguments: dict[str, An
     )
 
 
-def warn_if_nothing_to_amortize(
-    structure: ModelStructure, enumerated: Mapping[str, list[str]]
-) -> None:
+def warn_if_nothing_to_amortize(structure: ModelStructure, enumerated: Mapping[str, list]) -> None:
     """Warns once when the model has no data plate holding latent sites; names
     the sites the model ``enumerated`` in each plate, which are left to the ELBO."""
     if not structure.sites:

@@ -144,6 +144,19 @@ def test_closure_data_is_an_error(model, args):
         AutoAmortizedGuide(model)(*args)
 
 
+def test_data_inside_a_container_argument_is_named_in_the_error():
+    # Pyro's mixed HMM example passes its data in a dict, config.
+    def model(config):
+        x = config["observations"]["x"]
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    config = {"observations": {"x": torch.randn(10)}}
+    with pytest.raises(ValueError, match="inside argument config: the guide reads tensor"):
+        AutoAmortizedGuide(model)(config)
+
+
 def test_unknown_amortize_on_argument():
     guide = AutoAmortizedGuide(regression_model, amortize_on="covariate")
     with pytest.raises(ValueError, match="'covariate', which is not an argument.*covariates, y"):
