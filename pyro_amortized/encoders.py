@@ -274,6 +274,10 @@ class StandardizingEncoder(nn.Module):
         guide = AutoAmortizedGuide(model, encoder=encoder)
     """
 
+    buffers_from_data = True
+    """Its buffers come from data, not from Pyro's param store (see
+    :func:`~pyro_amortized.params.register`)."""
+
     def __init__(self, encoder: nn.Module, reference: Sequence[torch.Tensor]) -> None:
         super().__init__()
         if not reference or any(len(value) < 2 for value in reference):

@@ -26,6 +26,8 @@ from pyro.nn import PyroModule
 from pyro.params.param_store import param_with_module_name
 from torch import nn
 
+from .user_warnings import warn
+
 _RESERVED = frozenset(dir(PyroModule)) | frozenset(dir(nn.ModuleDict))
 
 
@@ -71,15 +73,37 @@ def register(network: nn.Module, prefix: str, *, adopt: bool) -> None:
         the network's names; otherwise put the network's own back over them.
     """
     store = pyro.get_param_store()
+    adopted = False
     for name, value in list(network.named_parameters()):
         full_name = param_with_module_name(prefix, name)
         stored = store._params.get(full_name)
         if stored is not None and stored is not value:
             if adopt:
-                value = _adopt(network, name, full_name, stored)
+                value, adopted = _adopt(network, name, full_name, stored), True
             else:
                 _put_in_store(store, full_name, value)
         pyro.param(full_name, value)
+    if adopted:
+        _warn_if_buffers_from_data(network)
+
+
+def _warn_if_buffers_from_data(network: nn.Module) -> None:
+    """Warns that modules whose buffers come from data (the statistics of
+    ``standardize_inputs=True``) kept this guide's own, not the trained ones."""
+    modules = [name for name, module in network.named_modules() if _from_data(module)]
+    if modules:
+        warn(
+            "This guide took its trained parameters from Pyro's param store, which holds "
+            f"no buffers: its modules {modules} keep the statistics they read from this "
+            "guide's first call (standardize_inputs=True, a group plate's typical size), "
+            "not the trained guide's. Restore such a guide with "
+            "guide.load_state_dict(trained.state_dict()) or torch.save(guide) instead, or "
+            "call the fresh guide first on the training data."
+        )
+
+
+def _from_data(module: nn.Module) -> bool:
+    return getattr(module, "buffers_from_data", False)
 
 
 def reclaim(global_params: nn.Module, prefix: str) -> None:

@@ -42,6 +42,10 @@ class SetEncoder(nn.Module):
         features = encoder(groups, 4, torch.randn(6, 3))     # (4, 32): group 3 is empty
     """
 
+    buffers_from_data = True
+    """Its ``reference_count`` comes from data (the guide's first call), not
+    from Pyro's param store (see :func:`~pyro_amortized.params.register`)."""
+
     def __init__(
         self,
         row_encoder: nn.Module,

@@ -51,6 +51,22 @@ def test_a_saved_param_store_loads_into_a_fresh_guide(tmp_path):
     assert not torch.equal(fresh.median(x)["z"], expected)
 
 
+def test_a_loaded_store_warns_that_standardizing_statistics_are_not_in_it(tmp_path):
+    # The statistics of standardize_inputs=True are buffers, which the store
+    # does not hold: a fresh guide reads them from its own first call.
+    x = factor_data(60)
+    guide = AutoAmortizedGuide(minibatch_model, standardize_inputs=True)
+    train(minibatch_model, guide, x, steps=5)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    fresh = AutoAmortizedGuide(minibatch_model, standardize_inputs=True)
+    with pytest.warns(UserWarning, match=r"holds no buffers: its modules \['encoders.data'\]"):
+        fresh(x[:30] + 3.0)
+    fresh.load_state_dict(guide.state_dict())  # the way that restores them
+    assert torch.equal(fresh.median(x)["z"], guide.median(x)["z"])
+
+
 def test_two_guides_of_one_class_share_the_global_store():
     x = factor_data(60)
     first, second = AutoAmortizedGuide(minibatch_model), AutoAmortizedGuide(minibatch_model)
