@@ -145,7 +145,9 @@ def _check_input(plate: DataPlate, name: str, point_shape: torch.Size, value: ob
         predictive = (
             " For a posterior predictive of the data it holds, give the guide the "
             f"observed values and the model none: Predictive(model, "
-            f"guide=functools.partial(guide, {name}=...))(...) with no {name}."
+            f"guide=functools.partial(guide, {name}=...))(...) with no {name}. If it "
+            "holds no data (a mask), pass it in every call (a mask of all True where "
+            "nothing is masked), or leave it out of the encoder with amortize_on=."
             if value is None
             else ""
         )

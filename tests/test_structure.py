@@ -233,6 +233,20 @@ def test_missing_encoder_input():
         guide.encode(torch.zeros(5), None)
 
 
+def test_a_mask_argument_left_out_later_gets_the_fix_for_a_mask():
+    def model(x, *, mask=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            likelihood = dist.Normal(z, 1.0)
+            pyro.sample("x", likelihood if mask is None else likelihood.mask(mask), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.zeros(6), mask=torch.arange(6) % 2 == 0)
+    assert guide.data_plates == {"data": ("x", "mask")}
+    with pytest.raises(ValueError, match="'mask', which is NoneType.*a mask of all True"):
+        guide.encode(torch.zeros(6))
+
+
 def test_an_observed_response_defaulting_to_none():
     # The predictive idiom def model(x, y=None): y is the plate's only data, so
     # it is data (not a label observed in some calls) and feeds the encoder.
