@@ -94,6 +94,7 @@ def test_standardizing_a_layout_of_zeros_warns():
     standardize by: the guide says so instead of standardizing nothing silently."""
     with pytest.warns(UserWarning, match="rows of data plate 'simulations'.*all alike"):
         AutoAmortizedGuide(gaussian_linear, standardize_inputs=True)(torch.zeros(20, 10))
+    pyro.clear_param_store()  # a second guide would take the first one's parameters
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AutoAmortizedGuide(gaussian_linear, standardize_inputs=True)(torch.randn(20, 10))
