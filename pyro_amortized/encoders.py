@@ -243,7 +243,9 @@ def encode_features(
         if not all(all_finite(value) for value in inputs):
             raise ValueError(
                 "The encoder's inputs hold NaN or infinite values. Remove or impute them "
-                "before training, or pass an encoder= that handles missing values."
+                "before training (entries an obs_mask= hides still feed the encoder: fill "
+                "them with a neutral value such as 0), or pass an encoder= that handles "
+                "missing values."
             )
         raise ValueError(
             f"The encoder {type(encoder).__name__} returned NaN or infinite features from "
