@@ -326,8 +326,8 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
 
 
 def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
-    sizes = [(float(v.abs().max()), float(v.pow(2).mean().sqrt())) for v in inputs if v.numel()]
-    largest, typical = (max(size) for size in zip(*sizes, strict=True)) if sizes else (0.0, 0.0)
+    largest = max((float(v.abs().max()) for v in inputs if v.numel()), default=0.0)
+    typical = max((float(v.pow(2).mean().sqrt()) for v in inputs if v.numel()), default=0.0)
     if largest > LARGE_INPUT[0] or typical > LARGE_INPUT[1]:
         warn(
             f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f} "

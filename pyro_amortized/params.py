@@ -90,7 +90,11 @@ def register(network: nn.Module, prefix: str, *, adopt: bool) -> None:
 def _warn_if_buffers_from_data(network: nn.Module) -> None:
     """Warns that modules whose buffers come from data (the statistics of
     ``standardize_inputs=True``) kept this guide's own, not the trained ones."""
-    modules = [name for name, module in network.named_modules() if _from_data(module)]
+    modules = [
+        name
+        for name, module in network.named_modules()
+        if getattr(module, "buffers_from_data", False)
+    ]
     if modules:
         warn(
             "This guide took its trained parameters from Pyro's param store, which holds "
@@ -100,10 +104,6 @@ def _warn_if_buffers_from_data(network: nn.Module) -> None:
             "guide.load_state_dict(trained.state_dict()) or torch.save(guide) instead, or "
             "call the fresh guide first on the training data."
         )
-
-
-def _from_data(module: nn.Module) -> bool:
-    return getattr(module, "buffers_from_data", False)
 
 
 def reclaim(global_params: nn.Module, prefix: str) -> None:
