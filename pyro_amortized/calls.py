@@ -65,6 +65,7 @@ class CallReader:
         self.sliced_calls: dict[tuple, int] = {}  # calls that sliced masks, per signature
         self.trained_latent: set[str] = set()  # sometimes-observed sites trained latent
         self.generated_warned: set[str] = set()  # plates warned about once
+        self.guided_plates = {f.name for site in structure.sites.values() for f in site.frames}
 
     # -------------------------------------------------------------- the plan
 
@@ -229,13 +230,15 @@ class CallReader:
                 continue
             if name in structure.data_plates and name not in running:
                 continue  # the model generates its data: no guide site in it
+            full_size, size = sizes.get(name, (frame.full_size or frame.size, frame.size))
+            if name not in self.guided_plates and (size == full_size or name in structure.unsized):
+                continue  # no guide site, every row: the model's plate takes them all
             if name in structure.unsized:  # sized by broadcasting, as in the model
                 plates[name] = pyro.plate(name, dim=frame.dim)
             elif name in structure.data_plates and not structure.data_plates[name].group_index:
                 plate = structure.data_plates[name]
                 plates[name] = self._data_plate(plate, sizes.get(name), args, kwargs)
             else:
-                full_size, size = sizes.get(name, (frame.full_size or frame.size, frame.size))
                 plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=size)
         return plates
 
