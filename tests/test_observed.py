@@ -5,7 +5,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import SEED
+from helpers import SEED, train
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
 
@@ -148,3 +148,47 @@ def test_a_plate_without_its_observed_values_leaves_its_locals_to_the_model():
     samples = Predictive(regression, guide=guide, num_samples=4000)(xs)
     assert torch.allclose(samples["z"].mean(0), xs, atol=0.1)
     assert torch.allclose(samples["z"].std(0), torch.ones(5), atol=0.1)
+
+
+def partially_observed(xs, observed):
+    """z ~ N(0, 1), x ~ N(z, 0.5) observed where ``observed``: the hidden x
+    become Pyro's latent site ``x_unobserved``."""
+    with pyro.plate("data", xs.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, NOISE), obs=xs, obs_mask=observed)
+
+
+def test_rows_hidden_by_obs_mask_keep_the_elbo_a_bound_and_the_exact_posteriors():
+    """Where x is observed, z ~ N(0.8 x, 0.2); where it is hidden, z and x keep
+    their prior. The guide mirrors the mask of ``x_unobserved`` (without it, the
+    proposal's entropy on the observed rows would lift the ELBO above the log
+    evidence), and the encoder reads the mask, an argument."""
+    generator = torch.Generator().manual_seed(SEED)
+    xs = (1 + NOISE**2) ** 0.5 * torch.randn(1000, generator=generator)
+    observed = torch.rand(1000, generator=generator) < 0.7
+    xs[~observed] = 0.0  # placeholders the model never reads
+    pyro.set_rng_seed(SEED)
+    guide = AutoAmortizedGuide(partially_observed, hidden_dims=(32,))
+    train(partially_observed, guide, xs, observed, steps=1000, lr=0.01, lrd=0.999)
+    assert guide.data_plates == {"data": ("xs", "observed")}
+    assert guide.upstream_sites == {"z": ("x_unobserved",)}  # q(x_unobserved) q(z | x)
+
+    spread = (1 + NOISE**2) ** 0.5
+    log_evidence = dist.Normal(0.0, spread).log_prob(xs[observed]).sum() / len(xs)
+    with torch.no_grad():
+        elbo = -Trace_ELBO(num_particles=200, vectorize_particles=True).loss(
+            partially_observed, guide, xs, observed
+        )
+        draws = torch.stack([guide(xs, observed)["z"] for _ in range(1000)])
+    print(f"ELBO per point {elbo / len(xs):.4f}, log evidence {log_evidence:.4f}")
+    assert log_evidence - 0.03 < elbo / len(xs) < log_evidence + 0.005
+
+    mean = torch.where(observed, 0.8 * xs, 0.0)
+    sd = torch.where(observed, 0.2**0.5, 1.0)
+    mean_error, sd_error = (draws.mean(0) - mean).abs(), (draws.std(0) - sd).abs()
+    print(
+        f"errors, average and largest: mean {mean_error.mean():.3f} {mean_error.max():.3f}, "
+        f"sd {sd_error.mean():.3f} {sd_error.max():.3f}"
+    )
+    assert mean_error.mean() < 0.05 and mean_error.max() < 0.3
+    assert sd_error.mean() < 0.05 and sd_error.max() < 0.15
