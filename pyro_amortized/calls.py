@@ -27,7 +27,7 @@ from .prototype import trace_prototype
 from .sequences import TimeStep
 from .structure import DataPlate, ModelStructure
 from .user_warnings import warn
-from .weights import Weight, vary, weights_on_rows
+from .weights import Weight, check_weights_follow_data, vary, weights_on_rows
 
 MAX_CACHED_CALLS = 64
 """Argument signatures whose plans a guide keeps."""
@@ -63,6 +63,7 @@ class CallReader:
         self.sequence_steps: dict[str, int] = {}
         self.weights_vary = False  # tensor weights: read on every call
         self.sliced_calls: dict[tuple, int] = {}  # calls that sliced masks, per signature
+        self.number_calls: dict[tuple, int] = {}  # calls with number weights, per signature
         self.trained_latent: set[str] = set()  # sometimes-observed sites trained latent
         self.generated_warned: set[str] = set()  # plates warned about once
         self.guided_plates = {f.name for site in structure.sites.values() for f in site.frames}
@@ -116,8 +117,11 @@ class CallReader:
         if len(self.plans) >= MAX_CACHED_CALLS:
             self.plans.clear()
             self.sliced_calls.clear()
+            self.number_calls.clear()
         plan = CallPlan.read(trace, outer, self.structure)
         if vary(plan.weights):
+            if not self.weights_vary:
+                check_weights_follow_data(model, init_loc_fn, args, kwargs, plan.weights)
             self.weights_vary = True
             named = bind_arguments(model, args, kwargs)
             masks = sliced_masks(trace, plan.weights, named)
@@ -179,8 +183,10 @@ class CallReader:
     ) -> Mapping[str, Weight]:
         """The model's scale and mask of each guided site in this call (see
         :mod:`pyro_amortized.weights`)."""
-        if not self.weights_vary or model is None:
+        if model is None:
             return plan.weights
+        if not self.weights_vary:
+            return self._number_weights(plan, model, init_loc_fn, args, kwargs, plates)
         # A call that made its plan ran the model on its arguments: where no
         # plate took a minibatch of rows, that run's weights are the call's.
         whole = plan.takes_every_row
@@ -201,6 +207,39 @@ class CallReader:
         weights = weights_on_rows(model, init_loc_fn, args, kwargs, plates, self.structure.sites)
         if sliced is not None and not same_weights(sliced, weights):
             self.plans[key] = dataclasses.replace(plan, masks=None)
+        return weights
+
+    def _number_weights(
+        self,
+        plan: CallPlan,
+        model: Callable,
+        init_loc_fn: Callable,
+        args: tuple,
+        kwargs: dict,
+        plates: dict[str, pyro.plate],
+    ) -> Mapping[str, Weight]:
+        """Weights that are numbers, read once per signature and checked against a
+        run of the model in its calls 2, 3, 5, 9, 17, ...: a factor the model
+        takes from program state (an annealing factor kept as an attribute)
+        changes between calls of one signature, and from its first change on the
+        weights are read on every call."""
+        key = call_key(args, kwargs)
+        count = self.number_calls[key] = self.number_calls.get(key, 0) + 1
+        if count == 1 or (count - 1) & (count - 2):
+            return plan.weights
+        weights = weights_on_rows(model, init_loc_fn, args, kwargs, plates, self.structure.sites)
+        if same_weights(plan.weights, weights):
+            return plan.weights
+        self.weights_vary = True
+        changed = sorted(plan.weights.keys() | weights.keys())
+        warn(
+            f"The model's scales or masks of the latent sites {changed} changed between "
+            "two calls with the same arguments: the model takes it from program state "
+            "(an annealing factor kept as an attribute), not from its arguments. From "
+            "now on the guide reads its weights from a run of the model on every call "
+            "(about one more forward pass a step); pass such a factor as an argument "
+            "of the model to avoid it."
+        )
         return weights
 
     # -------------------------------------------------------------- the plates

@@ -28,6 +28,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer.inspect import TrackProvenance
+from pyro.ops.provenance import get_provenance
 from pyro.util import get_rng_state, set_rng_state
 
 from .prototype import trace_prototype
@@ -123,6 +125,50 @@ def vary(weights: Mapping[str, Weight]) -> bool:
         isinstance(scale, torch.Tensor) or isinstance(mask, torch.Tensor)
         for scale, mask in weights.values()
     )
+
+
+def check_weights_follow_data(
+    model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict, names: Iterable[str]
+) -> None:
+    """Checks that no tensor scale or mask of the named (guided) sites is
+    computed from a latent site's value, as ``.mask(z_pres)`` in Pyro's
+    Attend-Infer-Repeat: the guide reads its weights from a run of the model,
+    whose latent values are not the guide's draws, so its sites would be
+    weighted unlike the model's and the ELBO would not be a bound.
+
+    :raises ValueError: naming the weighted site and the latent sites it follows.
+    """
+    try:
+        with pyro.validation_enabled(False):
+            trace = quiet_run(TrackProvenance()(model), init_loc_fn, args, kwargs)
+    except Exception:  # noqa: BLE001 - a model that values with provenance break: no check
+        return
+    latent = {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+    for name in names:
+        site = trace.nodes.get(name)
+        if site is None:
+            continue
+        source = mask_source(site["fn"])
+        weights = (site["scale"], site["mask"], None if source is None else source[0])
+        followed = sorted(
+            set().union(*(get_provenance(w) for w in weights if isinstance(w, torch.Tensor)))
+            & latent
+        )
+        if followed:
+            raise ValueError(
+                f"The model weights the latent site '{name}' (poutine.mask, .mask() or "
+                f"poutine.scale) by a value computed from the latent site(s) {followed}. "
+                "The guide mirrors weights computed from the data, not from its own "
+                "draws, and with this one its ELBO would not be a bound. Sample the site "
+                "unmasked and let the latent value switch its effect downstream (as "
+                "z_pres * contribution), or guide it and the sites it follows by hand, "
+                "beside this guide on the rest of the model (AutoGuideList, "
+                "poutine.block(model, hide=[...]))."
+            )
 
 
 def weights_on_rows(

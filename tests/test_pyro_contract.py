@@ -385,6 +385,53 @@ def test_a_mask_that_differs_within_an_event_is_refused():
         AutoAmortizedGuide(model)(torch.randn(5))
 
 
+@pytest.mark.parametrize("form", ["distribution", "handler", "scale"])
+def test_a_weight_computed_from_a_latent_value_is_refused(form):
+    """Attend-Infer-Repeat masks where and what by the sampled z_pres: the guide
+    reads weights from a run of the model, whose z_pres is not its own draw, so
+    the ELBO would not be a bound (it fell without limit, below -570 where the
+    log evidence is -333)."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z_pres = pyro.sample("z_pres", dist.Bernoulli(0.5))
+            if form == "distribution":
+                w = pyro.sample("w", dist.Normal(0.0, 1.0).mask(z_pres.bool()))
+            else:
+                weight = poutine.mask(mask=z_pres.bool()) if form == "handler" else None
+                with weight or poutine.scale(scale=z_pres + 1.0):
+                    w = pyro.sample("w", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z_pres * w, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match=r"'w' .* computed from the latent site\(s\) \['z_pres'\]"):
+        AutoAmortizedGuide(model)(torch.randn(5))
+
+
+def test_a_scale_from_program_state_is_followed_from_its_first_change():
+    """KL annealing with the factor kept as an attribute (not an argument): the
+    guide's scale of z follows the model's, read again once it has changed."""
+
+    class Annealed:
+        factor = 0.2
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                with poutine.scale(scale=self.factor):
+                    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    program, x = Annealed(), torch.randn(6)
+    guide = AutoAmortizedGuide(program.model, hidden_dims=(8,))
+    assert poutine.trace(guide).get_trace(x).nodes["z"]["scale"] == pytest.approx(0.2)
+    program.factor = 0.5
+    with pytest.warns(UserWarning, match=r"scales or masks of the latent sites \['z'\] changed"):
+        scale = poutine.trace(guide).get_trace(x).nodes["z"]["scale"]
+    assert scale == pytest.approx(0.5)
+    for factor in (0.7, 1.0):  # from then on, read on every call
+        program.factor = factor
+        assert poutine.trace(guide).get_trace(x).nodes["z"]["scale"] == pytest.approx(factor)
+
+
 def test_masks_follow_the_minibatch_rows():
     def model(x, mask):
         with pyro.plate("data", x.shape[0], subsample_size=5) as rows:
