@@ -64,6 +64,12 @@ def trace_prototype(
     return trace, outer
 
 
+UNSIZED = "_pyro_amortized_unsized"
+"""The attribute of a prototype trace naming the plates the model declares
+without a size (the subsample site of a sized one may be missing too: hidden
+by ``poutine.block``)."""
+
+
 def _size_unsized_plates(trace: poutine.Trace, outer: frozenset[str]) -> None:
     """Gives every plate declared without a size (``pyro.plate("data")``, whose
     frames record the size -1) the size its sites broadcast to in this trace,
@@ -76,6 +82,7 @@ def _size_unsized_plates(trace: poutine.Trace, outer: frozenset[str]) -> None:
             if frame.size == -1:
                 size = _size_along(site, frame, outer)
                 sizes[frame.name] = max(sizes.get(frame.name, 1), size)
+    setattr(trace, UNSIZED, frozenset(sizes))
     if not sizes:
         return
     for site in trace.nodes.values():

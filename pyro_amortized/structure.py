@@ -42,6 +42,7 @@ from pyro.poutine.util import site_is_subsample
 from .group_plates import group_links
 from .latent_sites import LatentSite, check_guidable, latent_site
 from .prototype import (
+    UNSIZED,
     explicit_indices,
     holds_data,
     is_enumerated,
@@ -185,8 +186,7 @@ def read_model(
     }
     if amortize_on is None:
         _warn_if_shared(data_plates)
-    # A plate with a size records its subsample site; one without records none.
-    unsized = frozenset(name for name in frames if name not in trace.nodes)
+    unsized = getattr(trace, UNSIZED, frozenset()) & frames.keys()
     return ModelStructure(data_plates=data_plates, sites=sites, frames=frames, unsized=unsized)
 
 

@@ -432,6 +432,26 @@ def test_a_scale_from_program_state_is_followed_from_its_first_change():
         assert poutine.trace(guide).get_trace(x).nodes["z"]["scale"] == pytest.approx(factor)
 
 
+def test_a_blocked_model_keeps_the_sizes_of_its_plates():
+    """poutine.block(model, expose=[...]) hides the plates' subsample sites too
+    (Pyro's JIT tutorial guides an HMM's transition rows this way): a plate is
+    still read as sized, not declared without a size."""
+
+    def model(x):
+        with pyro.plate("states", 3):
+            trans = pyro.sample("trans", dist.Dirichlet(torch.ones(2)))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(trans[:, 0].sum(), 1.0), obs=x)
+
+    blocked = poutine.block(model, expose=["trans"])
+    guide = AutoAmortizedGuide(blocked)
+    with pytest.warns(UserWarning, match="nothing to amortize"):
+        trace = poutine.trace(guide).get_trace(torch.randn(4))
+    assert trace.nodes["trans"]["value"].shape == (3, 2)
+    assert trace.nodes["states"]["value"].tolist() == [0, 1, 2]
+    assert math.isfinite(Trace_ELBO().loss(blocked, guide, torch.randn(4)))
+
+
 def test_masks_follow_the_minibatch_rows():
     def model(x, mask):
         with pyro.plate("data", x.shape[0], subsample_size=5) as rows:
