@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from pyro.distributions import constraints
 from pyro.poutine.indep_messenger import CondIndepStackFrame
+from torch.distributions import Independent
 from torch.distributions.transforms import identity_transform
 
 from .prototype import model_frames, model_value
@@ -98,6 +99,12 @@ def _check_discrete(name: str, fn: Any, plate: str | None) -> None:
         f"exactly (see Pyro's enumeration tutorial, {ENUMERATION_TUTORIAL})."
     )
     if plate is None:
+        if isinstance(fn, Independent):  # Pyro enumerates no event dimensions
+            enumerate_it = (
+                f"Its {tuple(fn.event_shape)} values form one event (.to_event()), which "
+                "Pyro cannot enumerate: if they belong to data points, declare a "
+                "pyro.plate over them in place of .to_event(), which makes the site local."
+            )
         raise ValueError(
             f"Latent site '{name}' is discrete and global: it sits outside every data "
             "plate, so no data point's encoder can propose it, and the model does not "

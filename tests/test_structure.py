@@ -308,6 +308,18 @@ def test_discrete_latent_without_an_amortized_head(where):
     assert "https://pyro.ai/examples/enumeration.html" in str(error.value)
 
 
+def test_discrete_values_of_one_event_are_told_to_take_a_plate():
+    # Pyro's SVI tutorial (part III): k drawn for every data point as one event.
+    def model(x):
+        k = pyro.sample("k", dist.Categorical(torch.ones(x.shape[0], 2) / 2).to_event(1))
+        pyro.sample("x", dist.Normal(k.float(), 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"'k' is discrete and global") as error:
+        AutoAmortizedGuide(model)(torch.zeros(4))
+    assert "declare a pyro.plate over them in place of .to_event()" in str(error.value)
+    assert "enumerate': 'parallel'" not in str(error.value)  # Pyro cannot enumerate it
+
+
 def _direction_model(x):
     with pyro.plate("data", x.shape[0]):
         direction = pyro.sample("direction", dist.ProjectedNormal(torch.ones(2)))
