@@ -17,6 +17,14 @@ from torch import nn
 
 from .structure import DataPlate
 
+ADAM_STEPS = (
+    "Adam moves every weight by about the learning rate in a step whatever the "
+    "gradient's size (clipping gradients does not shorten its steps), so an encoder "
+    "over wide rows (hundreds of values each) moves its features far in one step at "
+    "learning rates that suit per-site parameters (0.1): try 0.01 to 0.001."
+)
+"""Why a diverged network needs a smaller learning rate, for error messages."""
+
 
 def all_finite(value: torch.Tensor) -> bool:
     """Whether every entry of ``value`` is finite. A finite sum proves it (NaN
@@ -250,8 +258,8 @@ def encode_features(
         raise ValueError(
             f"The encoder {type(encoder).__name__} returned NaN or infinite features from "
             "finite inputs: its parameters have diverged (look for a NaN or infinite loss "
-            "in earlier steps). Standardize large inputs (standardize_inputs=True), lower "
-            "the learning rate or clip the gradients (pyro.optim.ClippedAdam)."
+            "in earlier steps). Standardize large inputs (standardize_inputs=True) and "
+            f"lower the learning rate: {ADAM_STEPS}"
         )
     return features if features.dim() == 2 else features.reshape(features.shape[0], -1)
 

@@ -49,6 +49,17 @@ def _init_fn(init_loc_fn: Callable) -> Callable:
     return init
 
 
+PROTOTYPE_RUN_FAILED = (
+    "(This error came from a run of the model that the guide makes on the call's "
+    "arguments alone, outside the handlers around the call, with latent values from "
+    "init_loc_fn: on its first call, and on each call whose arguments have new shapes. "
+    "A model that runs only inside its caller's handlers, as pyro.contrib.forecast's "
+    "Forecaster conditions a forecast on the observed prefix, cannot be planned so: "
+    "call the guide with the shapes it was trained on.)"
+)
+"""The note added to an error raised by the guide's own run of the model."""
+
+
 def trace_prototype(
     model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict
 ) -> tuple[poutine.Trace, frozenset[str]]:
@@ -59,7 +70,11 @@ def trace_prototype(
     """
     outer = frozenset(frame.name for frame in pyro.poutine.runtime.get_plates())
     model = InitMessenger(_init_fn(init_loc_fn))(_MarkExplicitSubsample()(model))
-    trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    try:
+        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    except Exception as error:
+        error.add_note(PROTOTYPE_RUN_FAILED)
+        raise
     _size_unsized_plates(trace, outer)
     return trace, outer
 

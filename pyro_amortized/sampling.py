@@ -21,7 +21,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.transforms import IndependentTransform
 
 from .discrete_heads import SATURATED, is_saturated
-from .encoders import all_finite
+from .encoders import ADAM_STEPS, all_finite
 from .latent_sites import LatentSite
 from .quantiles import discrete_quantiles, unconstrained_quantiles
 from .transforms import guard_saturation
@@ -109,8 +109,7 @@ class SiteSampler:
                 f"The guide drew non-finite values of site '{site.name}': draws of its "
                 "unconstrained proposal overflow the bijection to its support, so the "
                 "head's parameters have diverged (look for a huge or NaN loss in earlier "
-                "steps). Lower the learning rate or clip the gradients "
-                "(pyro.optim.ClippedAdam)."
+                f"steps). Lower the learning rate: {ADAM_STEPS}"
             )
         log_density = 0.0
         if self.jacobian and poutine.get_mask() is not False:

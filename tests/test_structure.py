@@ -320,6 +320,22 @@ def test_discrete_values_of_one_event_are_told_to_take_a_plate():
     assert "enumerate': 'parallel'" not in str(error.value)  # Pyro cannot enumerate it
 
 
+def test_an_error_of_the_guides_own_run_of_the_model_says_so():
+    # pyro.contrib.forecast's Forecaster conditions its forecast on the observed
+    # prefix from outside: run on the arguments alone, the model fails.
+    def model(x):
+        assert x.shape[0] == 3, "the model's own check"
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.zeros(3))
+    with pytest.raises(AssertionError, match="the model's own check") as error:
+        guide(torch.zeros(5))
+    assert "a run of the model that the guide makes" in error.value.__notes__[0]
+
+
 def _direction_model(x):
     with pyro.plate("data", x.shape[0]):
         direction = pyro.sample("direction", dist.ProjectedNormal(torch.ones(2)))
