@@ -329,7 +329,8 @@ ELBOS = {
 def test_elbos_train(family, elbo):
     x = factor_data(200)
     guide = family(factor_model)
-    losses = train(factor_model, guide, x, steps=300, lr=0.02, elbo=ELBOS[elbo]())
+    # At 0.02 the flow family's local flows diverged after 150 steps in one run of 14.
+    losses = train(factor_model, guide, x, steps=300, lr=0.01, elbo=ELBOS[elbo]())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert decrease(losses, window=50) < 0
 
