@@ -38,7 +38,6 @@ from .initialization import (
     INIT_SCALE_RANGE,
     full_size_init,
     initial_unconstrained,
-    prior_centre,
     prior_start,
 )
 from .latent_sites import LatentSite
@@ -92,7 +91,7 @@ class GuideOptions:
     encoder: nn.Module | Mapping[str, nn.Module] | None
     hidden_dims: tuple[int, ...]
     init_loc_fn: Callable
-    from_prior: bool
+    locals_from_prior: bool
     init_scale: float | None
     site_families: Mapping[str, Family]
     family: Family
@@ -162,8 +161,9 @@ class GuideOptions:
             amortize_on=amortize_on,
             encoder=encoder,
             hidden_dims=tuple(hidden_dims),
+            # Without init_loc_fn, local heads start at their priors (initialization.py).
             init_loc_fn=init_to_feasible if init_loc_fn is None else init_loc_fn,
-            from_prior=init_loc_fn is None,  # sites start at their priors
+            locals_from_prior=init_loc_fn is None,
             init_scale=None if init_scale is None else float(init_scale),
             site_families=check_site_families(site_families),
             dependencies=check_dependencies(dependencies),
@@ -437,12 +437,12 @@ def _local_start(
     """A local head's initial location and scale: from the site's prior where
     ``init_loc_fn`` or ``init_scale`` is not given."""
     transform = sampler.transforms[site.name]
-    if options.from_prior or options.init_scale is None:
+    if options.locals_from_prior or options.init_scale is None:
         family = options.site_families.get(site.name, options.family)
         correlated = isinstance(family, str) and family in CORRELATED_FAMILIES
         max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
         loc, scale = prior_start(node, outer, transform, max_scale)
-    if not options.from_prior:
+    if not options.locals_from_prior:
         loc = initial_unconstrained(node, outer, transform).mean(0)
     return loc, scale if options.init_scale is None else options.init_scale
 
@@ -455,15 +455,15 @@ def _global_module(
     sampler: SiteSampler,
     num_reads: int,
 ) -> PyroModule:
-    """A global site's parameters, of its family, reading ``num_reads`` values."""
+    """A global site's parameters, of its family, reading ``num_reads`` values
+    of other global sites."""
     family = options.site_families.get(site.name, options.global_family)
     transform = sampler.transforms[site.name]
     if family == "prior":
         full_size = functools.partial(full_size_init, site=site)
         return GlobalPriorFamily(node["fn"], transform, full_size)
     event_dim = len(site.unconstrained_event_shape)
-    start = prior_centre if options.from_prior else initial_unconstrained
-    init_loc = full_size_init(start(node, outer, transform), event_dim, site)
+    init_loc = full_size_init(initial_unconstrained(node, outer, transform), event_dim, site)
     if family == "delta":
         return GlobalDelta(init_loc, event_dim)
     scale = GLOBAL_INIT_SCALE if options.init_scale is None else options.init_scale

@@ -71,9 +71,9 @@ class AutoAmortizedGuide(AutoGuide):
         features ``(batch, num_features)``, or ``{plate name: module}``.
     :param hidden_dims: hidden widths of the default encoder.
     :param callable init_loc_fn: per-site initialization (Pyro's
-        :mod:`~pyro.infer.autoguide.initialization`); by default global sites
-        start at their prior's centre and local heads at its centre and spread
-        (:mod:`~pyro_amortized.initialization`).
+        :mod:`~pyro.infer.autoguide.initialization`); by default globals start
+        as ``init_to_feasible`` and local heads at the centre of the prior
+        (:func:`~pyro_amortized.initialization.prior_start`).
     :param float init_scale: initial scale of every Normal; by default 0.1 for
         globals and the prior's spread for local heads, clipped to
         ``[0.001, 1]`` (``[0.001, 0.1]`` for the correlated families).

@@ -1,5 +1,4 @@
-"""Where a site starts: a local head at the centre and spread of its prior, a
-global site at the centre of its prior.
+"""Where a local site's head starts: at the centre and spread of its prior.
 
 A head's weights start at zero, so at the first step it proposes the same
 distribution for every data point: the one given here. Drawn from the site's
@@ -9,10 +8,7 @@ is the head's initial location and their standard deviation its initial scale.
 The ELBO's KL term then starts near zero whatever the prior's location and
 spread are: a fixed scale of 0.1 would cost about 1.8 nats per dimension of a
 standard-normal latent, and a positive site started at 1 would sit thousands of
-standard deviations from a prior whose median is ``e^7.5``. A global site
-started at unconstrained zero (Pyro's ``init_to_feasible``) far from an
-informative prior (a mean of 10, a scale of 100) spends its first steps there,
-and the large gradients of those steps can stall it for thousands more.
+standard deviations from a prior whose median is ``e^7.5``.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ from .latent_sites import LatentSite
 from .prototype import model_value
 
 PRIOR_DRAWS = 256
-"""Draws from a site's prior that set its start."""
+"""Draws from a local site's prior that set its head's start."""
 
 INIT_SCALE_RANGE = (1e-3, 1.0)
 """The range a prior's spread is clipped to as an initial scale: broader starts
@@ -77,24 +73,6 @@ def prior_start(
                 scale = float(latent.std(0).mean().clamp(INIT_SCALE_RANGE[0], max_scale))
                 return latent.mean(0).mean(0), scale
     return initial_unconstrained(node, outer, transform).mean(0), max_scale
-
-
-def prior_centre(node: dict, outer: frozenset[str], transform: Transform) -> torch.Tensor:
-    """A global site's initial unconstrained value: the mean of unconstrained
-    draws from its prior (fewer draws for a large site), of the site's shape.
-    Where the prior cannot be drawn from, or its draws reach the edge of the
-    support, the site's prototype value."""
-    with torch.no_grad():
-        size = max(model_value(node, outer).numel(), 1)
-        try:
-            draws = node["fn"].sample((max(8, min(PRIOR_DRAWS, 2**20 // size)),))
-        except NotImplementedError:
-            draws = None
-        if draws is not None:
-            latent = transform.inv(model_value({**node, "value": draws}, outer))
-            if torch.isfinite(latent).all():
-                return latent.mean(0)
-    return initial_unconstrained(node, outer, transform)
 
 
 def full_size_init(init: torch.Tensor, event_dim: int, site: LatentSite) -> torch.Tensor:
