@@ -37,6 +37,7 @@ from .initialization import (
     CORRELATED_MAX_INIT_SCALE,
     INIT_SCALE_RANGE,
     full_size_init,
+    global_start,
     initial_unconstrained,
     prior_start,
 )
@@ -176,8 +177,7 @@ class GuideOptions:
 
 @dataclass(frozen=True)
 class BuiltGuide:
-    """What a guide knows of its model: its structure, how to read a call, how
-    to sample a site, and the device of its data."""
+    """What a guide knows of its model: structure, calls, sampling, data device."""
 
     structure: ModelStructure
     calls: CallReader
@@ -455,15 +455,15 @@ def _global_module(
     sampler: SiteSampler,
     num_reads: int,
 ) -> PyroModule:
-    """A global site's parameters, of its family, reading ``num_reads`` values
-    of other global sites."""
+    """A global site's parameters, of its family, reading ``num_reads`` values."""
     family = options.site_families.get(site.name, options.global_family)
     transform = sampler.transforms[site.name]
     if family == "prior":
         full_size = functools.partial(full_size_init, site=site)
         return GlobalPriorFamily(node["fn"], transform, full_size)
     event_dim = len(site.unconstrained_event_shape)
-    init_loc = full_size_init(initial_unconstrained(node, outer, transform), event_dim, site)
+    start = global_start(node, outer, transform, default=options.locals_from_prior)
+    init_loc = full_size_init(start, event_dim, site)
     if family == "delta":
         return GlobalDelta(init_loc, event_dim)
     scale = GLOBAL_INIT_SCALE if options.init_scale is None else options.init_scale

@@ -19,6 +19,7 @@ from torch.distributions.transforms import Transform
 
 from .latent_sites import LatentSite
 from .prototype import model_value
+from .user_warnings import warn
 
 PRIOR_DRAWS = 256
 """Draws from a local site's prior that set its head's start."""
@@ -73,6 +74,47 @@ def prior_start(
                 scale = float(latent.std(0).mean().clamp(INIT_SCALE_RANGE[0], max_scale))
                 return latent.mean(0).mean(0), scale
     return initial_unconstrained(node, outer, transform).mean(0), max_scale
+
+
+FAR_FROM_PRIOR = 5.0
+"""How many of its prior's spreads (interquartile ranges / 1.35, in
+unconstrained space) a global site's default start may lie from its prior's
+median before the guide warns."""
+
+
+def global_start(
+    node: dict, outer: frozenset[str], transform: Transform, *, default: bool
+) -> torch.Tensor:
+    """A global site's initial unconstrained value, ``init_loc_fn``'s. With the
+    default ``init_to_feasible`` (unconstrained zero), warns where that lies
+    more than :data:`FAR_FROM_PRIOR` spreads from the prior's median: an
+    informative prior far from zero (a mean of 10, a temperature of 100) takes
+    many steps to reach, and the large gradients of those steps can stall Adam
+    on a global scale for thousands more. The check's prior draws leave the
+    random state as it was."""
+    start = initial_unconstrained(node, outer, transform)
+    if default:
+        state = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                draws = transform.inv(
+                    model_value({**node, "value": node["fn"].sample((64,))}, outer)
+                )
+        except NotImplementedError:
+            return start
+        finally:
+            torch.set_rng_state(state)
+        low, median, high = draws.quantile(torch.tensor([0.25, 0.5, 0.75]), dim=0)
+        distance = (start - median).abs() / ((high - low) / 1.35).clamp_min(1e-6)
+        if bool(torch.isfinite(draws).all()) and float(distance.max()) > FAR_FROM_PRIOR:
+            warn(
+                f"Global site '{node['name']}' starts at unconstrained zero (init_to_feasible, "
+                f"as AutoNormal), {float(distance.max()):.0f} of its prior's spreads from the "
+                "prior's median: the first steps spend themselves getting there, and can stall "
+                "the optimizer on other global sites. Pass init_loc_fn=init_to_median "
+                "(pyro.infer.autoguide.initialization) to start at the prior."
+            )
+    return start
 
 
 def full_size_init(init: torch.Tensor, event_dim: int, site: LatentSite) -> torch.Tensor:

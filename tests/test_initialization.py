@@ -9,6 +9,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.distributions.transforms import biject_to
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide.initialization import init_to_value
 
@@ -18,7 +21,11 @@ from pyro_amortized import (
     AutoAmortizedMultivariateNormal,
 )
 from pyro_amortized.discrete_heads import is_saturated
-from pyro_amortized.initialization import CORRELATED_MAX_INIT_SCALE, INIT_SCALE_RANGE
+from pyro_amortized.initialization import (
+    CORRELATED_MAX_INIT_SCALE,
+    INIT_SCALE_RANGE,
+    global_start,
+)
 
 GAUSSIAN_FAMILIES = [
     AutoAmortizedGuide,
@@ -163,3 +170,28 @@ def test_is_saturated():
     assert is_saturated(dist.Bernoulli(logits=torch.full((16, 4), -50.0)).to_event(1))
     assert is_saturated(dist.OneHotCategorical(logits=sure.expand(20, 3)))
     assert math.isclose(float(dist.Categorical(logits=sure).probs[0]), 1.0, abs_tol=1e-12)
+
+
+def test_a_global_started_far_from_its_prior_warns_and_the_rng_is_left_alone():
+    # pyro.contrib.mue's FactorMuE: an inverse temperature of prior mean 100.
+    def model(x, loc=100.0):
+        temperature = pyro.sample("temperature", dist.Normal(loc, 1.0))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z * temperature / 100, scale), obs=x)
+
+    x = torch.randn(5)
+    with pytest.warns(UserWarning, match="Global site 'temperature' starts at unconstrained zero"):
+        AutoAmortizedGuide(model)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AutoAmortizedGuide(model, init_loc_fn=init_to_value(values={"temperature": x[0]}))(x)
+        AutoAmortizedGuide(model)(x, 0.0)  # 'scale' too sits at its prior's median
+
+    node = {**poutine.trace(model).get_trace(x).nodes["temperature"], "value": torch.tensor(0.0)}
+    state = torch.get_rng_state()
+    with pytest.warns(UserWarning, match=r"\d+ of its prior's spreads from the prior's median"):
+        start = global_start(node, frozenset(), biject_to(constraints.real), default=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert start == 0.0  # init_to_feasible's start, unchanged
