@@ -81,6 +81,11 @@ FAR_FROM_PRIOR = 5.0
 unconstrained space) a global site's default start may lie from its prior's
 median before the guide warns."""
 
+FAR_FROM_PRIOR_CHECKED = 2**16
+"""The largest global site (in unconstrained values) whose start is checked
+against its prior: larger ones are network weights, whose 64 prior draws would
+fill memory."""
+
 
 def global_start(
     node: dict, outer: frozenset[str], transform: Transform, *, default: bool
@@ -93,7 +98,7 @@ def global_start(
     on a global scale for thousands more. The check's prior draws leave the
     random state as it was."""
     start = initial_unconstrained(node, outer, transform)
-    if default:
+    if default and start.numel() <= FAR_FROM_PRIOR_CHECKED:
         state = torch.get_rng_state()
         try:
             with torch.no_grad():

@@ -195,3 +195,8 @@ def test_a_global_started_far_from_its_prior_warns_and_the_rng_is_left_alone():
         start = global_start(node, frozenset(), biject_to(constraints.real), default=True)
     assert torch.equal(torch.get_rng_state(), state)
     assert start == 0.0  # init_to_feasible's start, unchanged
+    weights = {**node, "fn": dist.Normal(100.0, 1.0).expand([300, 300]).to_event(2)}
+    weights["value"] = torch.zeros(300, 300)  # too large to check: no draws, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        global_start(weights, frozenset(), biject_to(constraints.real), default=True)
