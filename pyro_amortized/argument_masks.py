@@ -8,10 +8,10 @@ argument's storage, or lies in a boolean copy the model made of such a view
 the copies of a run): where each tensor mask of a call is one or the other and
 no plate takes a minibatch of rows, the guide records where in the argument it
 lies and, on later calls of the same signature, slices the call's argument the
-same way instead of running the model again for its masks (see :mod:`pyro_amortized.weights`). The
-signature's calls 1, 2, 3, 5, 9, 17, ... are checked against a run of the
-model, and a signature whose masks do not match is read from runs of the model
-from then on.
+same way instead of running the model again for its masks (see
+:mod:`pyro_amortized.weights`). The signature's calls 1, 2, 3, 5, 9, 17, ...
+are checked against a run of the model, and a signature whose masks do not
+match is read from runs of the model from then on.
 """
 
 from __future__ import annotations

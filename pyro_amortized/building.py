@@ -92,7 +92,7 @@ class GuideOptions:
     encoder: nn.Module | Mapping[str, nn.Module] | None
     hidden_dims: tuple[int, ...]
     init_loc_fn: Callable
-    locals_from_prior: bool
+    default_init: bool
     init_scale: float | None
     site_families: Mapping[str, Family]
     family: Family
@@ -164,7 +164,7 @@ class GuideOptions:
             hidden_dims=tuple(hidden_dims),
             # Without init_loc_fn, local heads start at their priors (initialization.py).
             init_loc_fn=init_to_feasible if init_loc_fn is None else init_loc_fn,
-            locals_from_prior=init_loc_fn is None,
+            default_init=init_loc_fn is None,
             init_scale=None if init_scale is None else float(init_scale),
             site_families=check_site_families(site_families),
             dependencies=check_dependencies(dependencies),
@@ -437,12 +437,12 @@ def _local_start(
     """A local head's initial location and scale: from the site's prior where
     ``init_loc_fn`` or ``init_scale`` is not given."""
     transform = sampler.transforms[site.name]
-    if options.locals_from_prior or options.init_scale is None:
+    if options.default_init or options.init_scale is None:
         family = options.site_families.get(site.name, options.family)
         correlated = isinstance(family, str) and family in CORRELATED_FAMILIES
         max_scale = CORRELATED_MAX_INIT_SCALE if correlated else INIT_SCALE_RANGE[1]
         loc, scale = prior_start(node, outer, transform, max_scale)
-    if not options.locals_from_prior:
+    if not options.default_init:
         loc = initial_unconstrained(node, outer, transform).mean(0)
     return loc, scale if options.init_scale is None else options.init_scale
 
@@ -462,7 +462,7 @@ def _global_module(
         full_size = functools.partial(full_size_init, site=site)
         return GlobalPriorFamily(node["fn"], transform, full_size)
     event_dim = len(site.unconstrained_event_shape)
-    start = global_start(node, outer, transform, default=options.locals_from_prior)
+    start = global_start(node, outer, transform, default=options.default_init)
     init_loc = full_size_init(start, event_dim, site)
     if family == "delta":
         return GlobalDelta(init_loc, event_dim)

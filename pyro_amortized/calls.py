@@ -198,11 +198,9 @@ class CallReader:
             sliced = masks_from_arguments(plan.weights, plan.masks, named)
         key = call_key(args, kwargs)
         if sliced is not None:
-            # Sliced masks are checked against the model's in a signature's
-            # calls 1, 2, 3, 5, 9, 17, ...: a model that slices its arguments by
-            # their values shows in the first calls, at a cost that vanishes.
-            count = self.sliced_calls[key] = self.sliced_calls.get(key, 0) + 1
-            if (count - 1) & (count - 2):
+            # Sliced masks are checked against the model's: a model that slices
+            # its arguments by their values shows in the first calls.
+            if not _checked_call(self.sliced_calls, key):
                 return sliced
         weights = weights_on_rows(model, init_loc_fn, args, kwargs, plates, self.structure.sites)
         if sliced is not None and not same_weights(sliced, weights):
@@ -226,15 +224,18 @@ class CallReader:
         (none but 1 and no mask) is not checked: most models, which pay nothing."""
         if not plan.weights:
             return plan.weights
-        key = call_key(args, kwargs)
-        count = self.number_calls[key] = self.number_calls.get(key, 0) + 1
-        if count == 1 or (count - 1) & (count - 2):
+        checked = _checked_call(self.number_calls, call_key(args, kwargs))
+        if plan is self.fresh or not checked:  # a fresh plan has this call's weights
             return plan.weights
         weights = weights_on_rows(model, init_loc_fn, args, kwargs, plates, self.structure.sites)
         if same_weights(plan.weights, weights):
             return plan.weights
         self.weights_vary = True
-        changed = sorted(plan.weights.keys() | weights.keys())
+        changed = sorted(
+            name
+            for name in plan.weights.keys() | weights.keys()
+            if not same_weights(_only(plan.weights, name), _only(weights, name))
+        )
         warn(
             f"The model's scales or masks of the latent sites {changed} changed between "
             "two calls with the same arguments: the model takes it from program state "
@@ -379,6 +380,18 @@ def joined_plates(
     created = create_plates(*args, **kwargs)
     created = [created] if isinstance(created, pyro.plate) else list(created)
     return {plate.name: plate for plate in created}
+
+
+def _checked_call(counts: dict[tuple, int], key: tuple) -> bool:
+    """Counts a call of the signature ``key``: whether it is one of the
+    signature's calls 1, 2, 3, 5, 9, 17, ..., those checked against a run of
+    the model (early, to catch a model that differs, at a cost that vanishes)."""
+    count = counts[key] = counts.get(key, 0) + 1
+    return not (count - 1) & (count - 2)
+
+
+def _only(weights: Mapping[str, Weight], name: str) -> dict[str, Weight]:
+    return {name: weights[name]} if name in weights else {}
 
 
 def given_rows(value: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from pyro.ops.tensor_utils import periodic_repeat
+from pyro.util import get_rng_state, set_rng_state
 from torch.distributions.transforms import Transform
 
 from .latent_sites import LatentSite
@@ -98,20 +99,20 @@ def global_start(
     on a global scale for thousands more. The check's prior draws leave the
     random state as it was."""
     start = initial_unconstrained(node, outer, transform)
-    if default and start.numel() <= FAR_FROM_PRIOR_CHECKED:
-        state = torch.get_rng_state()
-        try:
-            with torch.no_grad():
-                draws = transform.inv(
-                    model_value({**node, "value": node["fn"].sample((64,))}, outer)
-                )
-        except NotImplementedError:
-            return start
-        finally:
-            torch.set_rng_state(state)
+    if not default or start.numel() > FAR_FROM_PRIOR_CHECKED:
+        return start
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            draws = transform.inv(model_value({**node, "value": node["fn"].sample((64,))}, outer))
+    except NotImplementedError:
+        return start
+    finally:
+        set_rng_state(state)
+    if torch.isfinite(draws).all():
         low, median, high = draws.quantile(torch.tensor([0.25, 0.5, 0.75]), dim=0)
         distance = (start - median).abs() / ((high - low) / 1.35).clamp_min(1e-6)
-        if bool(torch.isfinite(draws).all()) and float(distance.max()) > FAR_FROM_PRIOR:
+        if float(distance.max()) > FAR_FROM_PRIOR:
             warn(
                 f"Global site '{node['name']}' starts at unconstrained zero (init_to_feasible, "
                 f"as AutoNormal), {float(distance.max()):.0f} of its prior's spreads from the "

@@ -141,7 +141,7 @@ def check_weights_follow_data(
     try:
         with pyro.validation_enabled(False):
             trace = quiet_run(TrackProvenance()(model), init_loc_fn, args, kwargs)
-    except Exception:  # noqa: BLE001 - a model that values with provenance break: no check
+    except Exception:  # noqa: BLE001 - a model that breaks on tracked values: no check
         return
     latent = {
         name
