@@ -95,8 +95,7 @@ class DataPlate:
 
     @property
     def arguments(self) -> tuple[str, ...]:
-        """The arguments the encoder reads: the inputs, after the group index of
-        a group plate."""
+        """The arguments the encoder reads: a group plate's index, then the inputs."""
         return self.inputs if self.group_index is None else (self.group_index, *self.inputs)
 
     def rows_first(self, values: Sequence[Any]) -> list[Any]:
@@ -193,14 +192,15 @@ def read_model(
 def inverse_order(names: Sequence[str], sites: Mapping[str, LatentSite]) -> tuple[str, ...]:
     """The order in which the guide samples a data plate's local sites: an
     inverse of the model's graph. The model samples parents before children;
-    the guide samples children before parents (the reverse of the model's
-    order), so that each head can read the sites below it, as in the exact
-    posterior of a chain, ``q(z2 | x) q(z1 | x, z2)``. Discrete sites come first,
-    so that continuous heads read them (``q(y | x)`` then ``q(z | x, y)``) and a
-    discrete site the guide enumerates sets the shape of the sites after it.
-    """
-    reverse = list(reversed(names))
-    return tuple(sorted(reverse, key=lambda name: sites[name].discrete is None))
+    the guide samples children first (the reverse of the model's order), so
+    that each head reads the sites below it, as in ``q(z2 | x) q(z1 | x, z2)``.
+    Discrete sites come first, so that continuous heads read them and a
+    discrete site the guide enumerates sets the shape of the sites after it;
+    before all, sites of fewer plates, which sites of nested plates can read
+    (``q(c | x) q(s_j | x, c)``, :func:`~pyro_amortized.upstream.can_read`)."""
+    return tuple(
+        sorted(reversed(names), key=lambda n: (len(sites[n].frames), not sites[n].discrete))
+    )
 
 
 def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:

@@ -84,12 +84,23 @@ def coupled_sites(model: Callable, args: tuple, kwargs: dict) -> dict[str, set[s
 
 def readable_sites(structure: ModelStructure, name: str) -> list[str]:
     """The sites a local site's head can read: the global sites and the local
-    sites sampled before it in its data plate."""
-    plate = structure.data_plates[structure.sites[name].data_plate]
+    sites sampled before it in its data plate, in none of its plates' nested
+    plates that it is not in (:func:`can_read`)."""
+    site = structure.sites[name]
+    plate = structure.data_plates[site.data_plate]
     earlier = plate.sites[: plate.sites.index(name)]
-    return [u for u in structure.global_sites if readable_global(structure.sites[u])] + list(
-        earlier
-    )
+    return [u for u in structure.global_sites if readable_global(structure.sites[u])] + [
+        u for u in earlier if can_read(site, structure.sites[u])
+    ]
+
+
+def can_read(reader: LatentSite, read: LatentSite) -> bool:
+    """Whether a local head can read another local site of its data plate: one
+    in no plate that the reader is not in. A site of a nested plate has a value
+    per position of that plate, and a site outside it has one for them all;
+    reading them would make it depend on every position, which enumerating
+    the nested site (by plate, as ``TraceEnum_ELBO`` does) cannot follow."""
+    return {frame.name for frame in read.frames} <= {frame.name for frame in reader.frames}
 
 
 def readable_global(site: LatentSite) -> bool:
@@ -132,7 +143,8 @@ def upstream_sites(
     for name, inputs in dependencies.items():
         if structure.sites[name].is_local:
             readable = readable_sites(structure, name)
-            kind = "its head can read only global sites and local sites of its data plate"
+            kind = "its head can read only global sites and local sites of its data plate "
+            kind += "in none of the plates it is not in"
         else:
             readable = correlatable[: correlatable.index(name)]
             kind = "a global site can read only the global sites outside plates, of the "

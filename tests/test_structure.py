@@ -62,7 +62,8 @@ def test_data_plate_rows_and_nested_plates():
 
     structure = _structure(model, torch.ones(6, 4))
     assert list(structure.data_plates) == ["docs"]  # "words" is not the rows' dimension
-    assert structure.data_plates["docs"].sites == ("rate", "theta")  # the guide's order
+    # The guide's order: the site of fewer plates first, which the nested one can read.
+    assert structure.data_plates["docs"].sites == ("theta", "rate")
     assert structure.sites["rate"].point_batch_shape == (4,)
     assert structure.sites["theta"].point_batch_shape == (1,)
     assert structure.sites["theta"].unconstrained_event_shape == (2,)

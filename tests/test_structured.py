@@ -10,6 +10,7 @@ from helpers import SEED, train
 from models import factor_data, factor_model
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from torch import nn
 
 from pyro_amortized import AutoAmortizedGuide
 
@@ -300,3 +301,49 @@ def test_global_reads_follow_paths_through_local_sites_only():
     assert mean_field.upstream_sites == {}
     with pytest.raises(ValueError, match=r"'alone' read \['plated'\].*outside plates"):
         AutoAmortizedGuide(model, dependencies={"alone": ["plated"]})(x)
+
+
+ANNOTATORS = 4
+CLASSES = 3
+TRUSTED = torch.tensor([0.7, 0.5, 0.9, 0.6])  # each annotator's chance of not spamming
+SPAM = torch.tensor([0.6, 0.3, 0.1])  # the labels of a spamming annotator
+
+
+def annotation_model(labels):
+    """An item's class c, and per annotator a spam switch s in a nested plate
+    (MACE with known globals): the posterior is q(c | x) q(s_j | x, c)."""
+    with pyro.plate("items", labels.shape[0], dim=-2):
+        c = pyro.sample("c", dist.Categorical(logits=torch.zeros(CLASSES)))
+        with pyro.plate("annotators", ANNOTATORS):
+            s = pyro.sample("s", dist.Bernoulli(1 - TRUSTED))
+            probs = torch.where(s[..., None] == 0, nn.functional.one_hot(c, CLASSES), SPAM)
+            pyro.sample("y", dist.Categorical(probs), obs=labels)
+
+
+def test_sites_of_nested_plates_read_the_outer_site_and_keep_the_enumerated_elbo_exact():
+    generator = torch.Generator().manual_seed(SEED)
+    classes = torch.randint(0, CLASSES, (40,), generator=generator)
+    spam = torch.rand(40, ANNOTATORS, generator=generator) > TRUSTED
+    random = torch.multinomial(SPAM, 40 * ANNOTATORS, True, generator=generator)
+    labels = torch.where(spam, random.reshape(40, ANNOTATORS), classes[:, None])
+    guide = AutoAmortizedGuide(annotation_model, enumerate_discrete="parallel")
+    elbo = TraceEnum_ELBO(max_plate_nesting=2)
+    train(annotation_model, guide, labels, steps=300, elbo=elbo)
+    # c has a value for all of an item's annotators: s reads it, never the other way round.
+    assert guide.upstream_sites == {"s": ("c",)}
+    trace = poutine.trace(guide).get_trace(labels)
+    assert [name for name in trace.stochastic_nodes if name in ("c", "s")] == ["c", "s"]
+    with pytest.raises(ValueError, match="in none of the plates it is not in"):
+        AutoAmortizedGuide(annotation_model, dependencies={"c": ["s"]})(labels)
+    # Enumerated in parallel, the ELBO is that of the guide sampled site by site.
+    with torch.no_grad():
+        enumerated = -elbo.loss(annotation_model, guide, labels)
+        sampled = []
+        for _ in range(500):
+            guide_trace = poutine.trace(guide).get_trace(labels)
+            replayed = poutine.trace(poutine.replay(annotation_model, trace=guide_trace))
+            model_trace = replayed.get_trace(labels)
+            sampled.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    sampled = torch.stack(sampled)
+    print(f"enumerated ELBO {enumerated:.2f}, sampled {sampled.mean():.2f}")
+    assert abs(enumerated - sampled.mean()) < 5 * sampled.std() / 500**0.5 + 0.05
