@@ -27,7 +27,8 @@ from .families import Family
 from .params import module_key, register_run
 from .passes import SamplingPass, read_proposals
 from .plan import run_plan
-from .structure import AmortizeOn, DataPlate
+from .plate_arguments import AmortizeOn
+from .structure import DataPlate
 from .upstream import Dependencies
 
 
