@@ -3,8 +3,7 @@
 The model is read (:mod:`pyro_amortized.structure`); then each data plate gets
 its encoder and each of its local sites a head of the site's family, started at
 the site's prior (:mod:`pyro_amortized.initialization`); each global site gets
-per-site parameters of its family (:mod:`pyro_amortized.global_heads`).
-"""
+per-site parameters of its family (:mod:`pyro_amortized.global_heads`)."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from .families import (
     check_site_families,
 )
 from .global_heads import GlobalDelta, GlobalNormal, GlobalPriorFamily
+from .group_plates import rows_reached
 from .initialization import (
     CORRELATED_MAX_INIT_SCALE,
     INIT_SCALE_RANGE,
@@ -85,8 +85,7 @@ that the default encoder's inputs need scaling (see :ref:`numerical-stability`).
 
 @dataclass(frozen=True)
 class GuideOptions:
-    """What a guide's options ask of its build (see
-    :class:`~pyro_amortized.AutoAmortizedGuide` for each)."""
+    """A guide's options (see :class:`~pyro_amortized.AutoAmortizedGuide`)."""
 
     amortize_on: AmortizeOn
     encoder: nn.Module | Mapping[str, nn.Module] | None
@@ -209,7 +208,8 @@ def build_guide(
     arguments = bind_arguments(model, args, kwargs)
     optional = arguments_defaulting_to_none(model)
     sources = sometimes_observed(trace, outer, arguments, optional)
-    structure = read_model(trace, outer, arguments, options.amortize_on, sources)
+    reached = functools.partial(rows_reached, model, trace, args, kwargs)
+    structure = read_model(trace, outer, arguments, options.amortize_on, sources, reached)
     warn_if_nothing_to_amortize(structure, enumerated_in_plates(trace, outer))
     check_supervised_sites(options.supervise, structure.local_sites)
     _check_encoder_plates(options.encoder, structure)

@@ -14,19 +14,36 @@ No data is observed in the plate over counties, yet ``a`` is local to it: the
 data of county ``g`` are the rows ``i`` with ``county[i] == g``. A plate holding
 latent sites and no data is a **group plate** where exactly one model argument
 is such an index: an integer tensor with one entry per row of a data plate
-(its full size or its minibatch), each entry below the group plate's size. The
-group plate's encoder reads the other arguments of those rows, pooled per group
+(its full size or its minibatch), each entry below the group plate's size, and
+the one the model gathers by: moving a group's latent values (a run of the
+model, :func:`rows_reached`) changes the densities of that group's rows and of
+no other. Another index of a crossed or nested design (the questions of a
+student's answers, the state of a county's houses) or an integer outcome can
+look like one by its values alone. The group plate's encoder reads the other
+arguments of those rows, pooled per group
 (:class:`~pyro_amortized.set_encoders.SetEncoder`), so its local sites are
 amortized like those of any data plate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.util import site_is_subsample
+from pyro.util import get_rng_state, set_rng_state
+from torch.distributions import biject_to
+
+from .user_warnings import warn
+
+RowsReached = Callable[[str, str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+"""``reached(group_plate, rows_plate, index)``: see :func:`rows_reached`."""
+
+MOVE = 0.5
+"""How far, in unconstrained space, :func:`rows_reached` moves a group's values."""
 
 
 def is_group_index(value: Any, rows: set[int], num_groups: int) -> bool:
@@ -44,6 +61,7 @@ def group_links(
     frames: Mapping[str, CondIndepStackFrame],
     candidates: Mapping[str, tuple[tuple[str, int], ...]],
     arguments: Mapping[str, Any],
+    reached: RowsReached | None = None,
 ) -> dict[str, tuple[str, str]]:
     """The group plates of a model: ``{group plate: (data plate, index argument)}``.
 
@@ -52,6 +70,9 @@ def group_links(
     :param candidates: the plates that hold observed data, with the arguments
         that feed them (and the axis of each).
     :param arguments: the model's arguments by name.
+    :param reached: which rows a group's latent values reach (see
+        :func:`rows_reached`); without it, or where it cannot tell, an index
+        is told only by its values.
     :raises ValueError: where several arguments could index a plate's groups.
     """
     links = {}
@@ -65,17 +86,145 @@ def group_links(
             for argument, axis in feeds
             if axis == 0 and is_group_index(arguments[argument], _rows(frames[plate]), num_groups)
         ]
+        if reached is not None and found:
+            found = _gathered_by(name, found, arguments, reached)
         if len(found) > 1:
             names = ", ".join(f"'{argument}' (plate '{plate}')" for plate, argument in found)
             raise ValueError(
                 f"Plate '{name}' holds latent sites and no data, and several arguments could "
                 f"say which of its {num_groups} groups each row belongs to: {names}. Pass "
-                "covariates as floating-point tensors, so that only the group index is an "
-                "integer tensor."
+                "the arguments that are not its group index as floating-point tensors, or "
+                "give the plate's sites per-group parameters (amortize_on= names the data "
+                "plates' inputs and leaves the sites of other plates global)."
             )
         if found:
             links[name] = found[0]
     return links
+
+
+def warn_if_crossed(links: Mapping[str, tuple[str, str]]) -> None:
+    """Warns where several group plates group the same rows (crossed effects,
+    such as students and questions of the same answers, or nested ones, such as
+    counties and states of the same houses): each group's head
+    reads its rows pooled, but not the other plates' effects on those rows,
+    which the group's exact posterior takes out."""
+    by_rows: dict[str, list[str]] = {}
+    for name, (rows_plate, _) in links.items():
+        by_rows.setdefault(rows_plate, []).append(name)
+    for rows_plate, names in by_rows.items():
+        if len(names) > 1:
+            quoted = ", ".join(f"'{name}'" for name in names)
+            warn(
+                f"The plates {quoted} each group the rows of plate '{rows_plate}' (crossed "
+                "or nested effects). Each group's head reads its own rows pooled, not the other "
+                "plates' effects on them, so the fit can be looser than with per-group "
+                "parameters (see the docs' page on reading a model, group plates). "
+                "Where that matters, pass amortize_on= (which names the data "
+                "plates' inputs and gives the sites of these plates per-group parameters), "
+                "or combine guides with AutoGuideList."
+            )
+
+
+def _gathered_by(
+    name: str, found: list[tuple[str, str]], arguments: Mapping[str, Any], reached: RowsReached
+) -> list[tuple[str, str]]:
+    """The candidate indices of group plate ``name`` that the model gathers by:
+    moving a group's values reaches exactly the rows the index puts in it (or,
+    failing that, no row outside it: a masked row does not move). Candidates
+    whose check cannot tell (no continuous site, no row reached) are kept
+    unless another one passes."""
+    exact, within, unknown = [], [], []
+    for plate, argument in found:
+        result = reached(name, plate, arguments[argument])
+        if result is None or not result[0].any():
+            unknown.append((plate, argument))
+        elif torch.equal(*result):
+            exact.append((plate, argument))
+        elif not (result[0] & ~result[1]).any():
+            within.append((plate, argument))
+    return exact or within or unknown
+
+
+def rows_reached(
+    model: Callable,
+    trace: poutine.Trace,
+    args: tuple,
+    kwargs: dict,
+    group_plate: str,
+    rows_plate: str,
+    index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Which rows of ``rows_plate`` change their observed densities when the
+    continuous latent values of ``group_plate`` move (by :data:`MOVE`, in
+    unconstrained space) at the group that ``index`` gives most rows: two runs
+    of the model replaying the prototype ``trace``, the second with the moved
+    values.
+
+    :param index: a candidate group index, one entry per row of the plate
+        (its full size or the trace's minibatch).
+    :returns: per row of the trace's ``rows_plate``, whether its densities
+        changed and whether ``index`` puts it in the moved group; ``None``
+        where the plate has no continuous latent site to move, or the rows
+        plate no observed density per row.
+    """
+    subsample = trace.nodes.get(rows_plate)
+    if subsample is not None and site_is_subsample(subsample):
+        if len(index) != len(subsample["value"]):
+            index = index[subsample["value"]]
+    group = int(torch.bincount(index).argmax())
+    moved = poutine.Trace()
+    any_moved = False
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            value = site["value"]
+            if not site_is_subsample(site) and not site["fn"].support.is_discrete:
+                value, shifted = _moved(site, group_plate, group)
+                any_moved |= shifted
+            moved.add_node(name, type="sample", is_observed=False, value=value, infer={})
+    before = _row_densities(model, trace, args, kwargs, rows_plate)
+    if not any_moved or before is None or len(before) != len(index):
+        return None
+    after = _row_densities(model, moved, args, kwargs, rows_plate)
+    changed = ((after - before).abs() > 1e-6 * (1 + before.abs())).any(-1)
+    return changed, index == group
+
+
+def _moved(site: dict, plate: str, group: int) -> tuple[torch.Tensor, bool]:
+    value, fn = site["value"], site["fn"]
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate and f.vectorized), None)
+    position = None if frame is None else value.dim() - fn.event_dim + frame.dim
+    if position is None or position < 0 or value.shape[position] <= group:
+        return value, False
+    transform = biject_to(fn.support)
+    unconstrained = transform.inv(value).clone()
+    unconstrained.select(position, group).add_(MOVE)
+    return transform(unconstrained), True
+
+
+def _row_densities(
+    model: Callable, trace: poutine.Trace, args: tuple, kwargs: dict, rows_plate: str
+) -> torch.Tensor | None:
+    """The log densities of the observed sites of ``rows_plate``, one row per
+    row of the plate, in a run of the model replaying ``trace``."""
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            run = poutine.block(poutine.trace(poutine.replay(model, trace=trace)).get_trace)
+            replayed = run(*args, **kwargs)
+    finally:
+        set_rng_state(state)
+    columns = []
+    for site in replayed.nodes.values():
+        if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
+            continue
+        frame = next((f for f in site["cond_indep_stack"] if f.name == rows_plate), None)
+        log_density = site["fn"].log_prob(site["value"])
+        position = None if frame is None else log_density.dim() + frame.dim
+        if position is not None and position >= 0 and log_density.shape[position] > 1:
+            columns.append(
+                log_density.movedim(position, 0).reshape(log_density.shape[position], -1)
+            )
+    return torch.cat(columns, -1) if columns else None
 
 
 def _rows(frame: CondIndepStackFrame) -> set[int]:

@@ -39,7 +39,7 @@ from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 
-from .group_plates import group_links
+from .group_plates import RowsReached, group_links, warn_if_crossed
 from .latent_sites import LatentSite, check_guidable, latent_site
 from .plate_arguments import AmortizeOn, data_plate_candidates
 from .prototype import (
@@ -137,6 +137,7 @@ def read_model(
     arguments: dict[str, Any],
     amortize_on: AmortizeOn,
     sometimes_observed: Mapping[str, str] | None = None,
+    reached: RowsReached | None = None,
 ) -> ModelStructure:
     """Builds the :class:`ModelStructure` from a prototype trace.
 
@@ -148,6 +149,8 @@ def read_model(
         each with the argument holding its values (see
         :mod:`pyro_amortized.observed`): they are read as latent sites, and
         their arguments feed no encoder.
+    :param reached: which rows a group's latent values reach, by runs of the
+        model (see :func:`~pyro_amortized.group_plates.rows_reached`).
     :raises ValueError: with the fix, for closure data, unknown names, sequential
         plates around local latents, non-enumerated discrete latents.
     """
@@ -160,7 +163,10 @@ def read_model(
         arguments = {name: value for name, value in arguments.items() if name not in missing}
     candidates = data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)
     holding = {f.name for site in latent.values() for f in model_frames(site, outer)}
-    groups = group_links(holding, frames, candidates, arguments) if amortize_on is None else {}
+    groups = {}
+    if amortize_on is None:
+        groups = group_links(holding, frames, candidates, arguments, reached)
+        warn_if_crossed(groups)
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}
     for name, site in latent.items():
@@ -173,7 +179,7 @@ def read_model(
     data_plates = {
         plate: _data_plate(
             frames[plate],
-            candidates[groups[plate][0]] if plate in groups else candidates[plate],
+            _encoder_feeds(plate, candidates, groups),
             arguments,
             inverse_order(names, sites),
             explicit_indices(trace, plate),
@@ -203,10 +209,12 @@ def inverse_order(names: Sequence[str], sites: Mapping[str, LatentSite]) -> tupl
 
 def _warn_if_shared(data_plates: dict[str, DataPlate]) -> None:
     """Warns when an argument feeds several data plates: it has as many rows as
-    each, and the guide cannot tell whose data points its rows are."""
+    each, and the guide cannot tell whose data points its rows are (group
+    plates of one plate's rows, as crossed effects, all read its rows)."""
     for argument in sorted({name for plate in data_plates.values() for name in plate.inputs}):
         plates = [name for name, plate in data_plates.items() if argument in plate.inputs]
-        if len(plates) > 1:
+        rows = {data_plates[name].rows_plate or name for name in plates}
+        if len(rows) > 1:
             quoted = ", ".join(f"'{name}'" for name in plates)
             warn(
                 f"Argument '{argument}' has one row per data point of each of the plates "
@@ -230,6 +238,18 @@ def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, d
         elif not is_enumerated(site):
             latent[name] = site
     return latent, observed, frames
+
+
+def _encoder_feeds(
+    plate: str, candidates: Mapping[str, tuple], groups: Mapping[str, tuple[str, str]]
+) -> tuple[tuple[str, int], ...]:
+    """The arguments that feed a plate's encoder: those of its rows (a group
+    plate's are those of its rows' plate) but the group indices, which say
+    which group a row is in, not what was measured (a number per group, read
+    as a value, would mean nothing and grow with the groups)."""
+    indices = {index for _, index in groups.values()}
+    feeds = candidates[groups[plate][0] if plate in groups else plate]
+    return tuple((name, axis) for name, axis in feeds if name not in indices)
 
 
 def _data_plate(

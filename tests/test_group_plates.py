@@ -125,10 +125,24 @@ def test_group_indices_are_checked_and_per_point_diagnostics_refuse_groups():
         LocalIWAE(num_particles=2).loss(grouped_model, guide, group, x, 10)
 
 
-def test_ambiguous_group_index_is_an_error():
+def test_an_integer_covariate_is_told_from_the_group_index():
     def model(group, other, x):
         with pyro.plate("groups", 5):
             a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(group)):
+            pyro.sample("x", dist.Normal(a[group] + other, 1.0), obs=x)
+
+    group = torch.arange(10) % 5
+    guide = AutoAmortizedGuide(model)
+    guide(group, group.flip(0), torch.randn(10))  # both hold group numbers
+    assert guide._built.structure.data_plates["groups"].group_index == "group"
+    assert guide.data_plates == {"groups": ("other", "x")}
+
+
+def test_an_index_the_model_does_not_gather_by_cannot_be_told_and_is_an_error():
+    def model(group, other, x):
+        with pyro.plate("groups", 5):
+            a = pyro.sample("a", dist.Bernoulli(0.5))  # discrete: no value to move
         with pyro.plate("rows", len(group)):
             pyro.sample("x", dist.Normal(a[group] + other, 1.0), obs=x)
 
@@ -186,3 +200,77 @@ def test_radon_counties_are_a_group_plate():
     assert guide.local_sites == ("a",)
     assert set(guide.upstream_sites["a"]) == {"mu_a", "sigma_a", "b", "sigma_y"}
     assert guide.encode(*call)["a"].batch_shape == (85,)
+
+
+def test_crossed_and_nested_indices_are_told_apart_by_the_rows_they_reach():
+    generator = torch.Generator().manual_seed(SEED)
+    student = torch.randint(0, 40, (300,), generator=generator)
+    question = torch.randint(0, 15, (300,), generator=generator)  # also a valid student index
+
+    def crossed(student, question, y):
+        with pyro.plate("students", 40):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("questions", 15):
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("answers", len(student)):
+            pyro.sample("y", dist.Normal(a[student] + b[question], 0.5), obs=y)
+
+    guide = AutoAmortizedGuide(crossed)
+    with pytest.warns(UserWarning, match="each group the rows of plate 'answers'"):
+        guide(student, question, torch.randn(300))
+    # Each group plate reads the answers; neither index is read as a measurement.
+    assert guide.data_plates == {"students": ("y",), "questions": ("y",)}
+    links = {name: plate.group_index for name, plate in guide._built.structure.data_plates.items()}
+    assert links == {"students": "student", "questions": "question"}
+
+    county_state = torch.arange(30) % 6  # county g < 6 lies in state g: a state index fits too
+    county = torch.randint(0, 30, (200,), generator=generator)
+
+    def nested(county, state, y):
+        with pyro.plate("states", 6):
+            s = pyro.sample("s", dist.Normal(0.0, 1.0))
+        with pyro.plate("counties", 30):
+            c = pyro.sample("c", dist.Normal(0.0, 0.5))
+        with pyro.plate("houses", len(county)):
+            pyro.sample("y", dist.Normal(s[state] + c[county], 0.5), obs=y)
+
+    pyro.clear_param_store()
+    guide = AutoAmortizedGuide(nested)
+    with pytest.warns(UserWarning, match="each group the rows of plate 'houses'"):
+        guide(county, county_state[county], torch.randn(200))
+    links = {name: plate.group_index for name, plate in guide._built.structure.data_plates.items()}
+    assert links == {"states": "state", "counties": "county"}
+
+
+def test_integer_outcomes_and_plates_reached_by_every_row_are_not_groups():
+    generator = torch.Generator().manual_seed(SEED)
+    subject = torch.randint(0, 30, (200,), generator=generator)
+    rating = torch.randint(0, 4, (200,), generator=generator)  # values of a subject index
+
+    def ordinal(subject, z, rating):
+        ordered = dist.transforms.OrderedTransform()
+        cut = pyro.sample(
+            "cut",
+            dist.TransformedDistribution(dist.Normal(0.0, 1.0).expand([3]).to_event(1), ordered),
+        )
+        with pyro.plate("subjects", 30):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        with pyro.plate("ratings", len(subject)):
+            pyro.sample("rating", dist.OrderedLogistic(z + u[subject], cut), obs=rating)
+
+    guide = AutoAmortizedGuide(ordinal)
+    guide(subject, torch.randn(200), rating)
+    assert guide.local_sites == ("u",)
+    assert guide._built.structure.data_plates["subjects"].group_index == "subject"
+
+    def levels(counts):
+        with pyro.plate("levels", 4):
+            effect = pyro.sample("effect", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(counts)):  # every row reads every level
+            pyro.sample("counts", dist.Poisson(effect.exp().sum()), obs=counts)
+
+    pyro.clear_param_store()
+    guide = AutoAmortizedGuide(levels)
+    with pytest.warns(UserWarning, match="nothing to amortize"):
+        guide(torch.randint(0, 4, (50,), generator=generator))
+    assert guide.global_sites == ("effect",) and guide.local_sites == ()
