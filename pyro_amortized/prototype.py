@@ -50,9 +50,11 @@ def _init_fn(init_loc_fn: Callable) -> Callable:
 
 
 PROTOTYPE_RUN_FAILED = (
-    "(This error came from a run of the model that the guide makes on the call's "
-    "arguments alone, outside the handlers around the call, with latent values from "
+    "(This error came from a run of the model that the guide makes with its own call's "
+    "arguments, outside the handlers around the call, with latent values from "
     "init_loc_fn: on its first call, and on each call whose arguments have new shapes. "
+    "The guide takes the model's arguments, as SVI passes them: a caller that passes it "
+    "others (the experiment-design guides of pyro.contrib.oed) needs a guide of its own. "
     "A model that runs only inside its caller's handlers, as pyro.contrib.forecast's "
     "Forecaster conditions a forecast on the observed prefix, cannot be planned so: "
     "call the guide with the shapes it was trained on.)"
