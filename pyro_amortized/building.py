@@ -22,7 +22,7 @@ from torch import nn
 from .arguments import bind_arguments, locate_argument
 from .calls import CallReader
 from .discrete_heads import DiscreteHead
-from .encoders import MLPEncoder, StandardizingEncoder, plate_features, plate_inputs
+from .encoders import MLPEncoder, plate_features, plate_inputs
 from .families import (
     CORRELATED_FAMILIES,
     GLOBAL_FAMILIES,
@@ -41,6 +41,7 @@ from .initialization import (
     initial_unconstrained,
     prior_start,
 )
+from .input_encoding import label_counts, reading_encoder
 from .latent_sites import LatentSite
 from .observed import (
     arguments_defaulting_to_none,
@@ -70,17 +71,12 @@ from .upstream import (
     per_point,
     upstream_sites,
 )
-from .user_warnings import warn
 
 SIZING_ROWS = 8
 """Rows the encoder runs on when the guide is built, to learn its feature size."""
 
 GLOBAL_INIT_SCALE = 0.1
 """Initial scale of global sites without ``init_scale``, as Pyro's ``AutoNormal``."""
-
-LARGE_INPUT = (100.0, 10.0)
-"""An input's largest magnitude and root mean square above which the guide warns
-that the default encoder's inputs need scaling (see :ref:`numerical-stability`)."""
 
 
 @dataclass(frozen=True)
@@ -325,31 +321,6 @@ def _data_device(structure: ModelStructure, arguments: dict[str, Any]) -> torch.
     return torch.device("cpu")
 
 
-def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
-    largest = max((float(v.abs().max()) for v in inputs if v.numel()), default=0.0)
-    typical = max((float(v.pow(2).mean().sqrt()) for v in inputs if v.numel()), default=0.0)
-    if largest > LARGE_INPUT[0] or typical > LARGE_INPUT[1]:
-        warn(
-            f"The encoder of plate '{plate.name}' reads inputs as large as {largest:,.0f} "
-            f"(root mean square {typical:,.1f}). "
-            "An encoder fed unscaled inputs can throw its outputs far in its first steps "
-            "(NaN losses, diverged parameters, or a fit stuck far below its best). Pass "
-            "standardize_inputs=True, or an encoder= that scales them (for example log1p "
-            "for counts).",
-        )
-
-
-def _warn_if_constant(plate: DataPlate, encoder: StandardizingEncoder) -> None:
-    if encoder.all_constant:
-        warn(
-            f"standardize_inputs=True, but the rows of data plate '{plate.name}' in the "
-            "guide's first call are all alike (a layout of zeros that the model simulates "
-            "into, as for LocalNPE?), so nothing is standardized. Pass encoder="
-            "pyro_amortized.encoders.StandardizingEncoder(MLPEncoder(...), (x,)) with rows x "
-            "of real or simulated data instead.",
-        )
-
-
 def _build_plate(
     built: BuiltGuide,
     modules: GuideModules,
@@ -372,11 +343,11 @@ def _build_plate(
             built.calls.upstream[name] = reads
     rows = values[1:] if plate.group_index else values
     inputs = plate_inputs(plate, rows, None, None)
-    if options.standardize_inputs:
-        encoder = StandardizingEncoder(encoder, inputs)
-        _warn_if_constant(plate, encoder)
-    elif isinstance(encoder, MLPEncoder):
-        _warn_if_large(plate, inputs)
+    labels = isinstance(encoder, MLPEncoder) and options.encoder is None
+    counts = label_counts(trace, plate, arguments) if labels else (0,) * len(inputs)
+    encoder = reading_encoder(
+        encoder, plate, inputs, counts, standardize=options.standardize_inputs
+    )
     if plate.group_index:  # the rows of each group, pooled
         reference_count = inputs[0].shape[0] / plate.full_size
         encoder = SetEncoder(encoder, options.hidden_dims, reference_count=reference_count)

@@ -1,8 +1,11 @@
 """Small Pyro models shared by the tests (module level, so guides pickle)."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
+from torch.nn.functional import one_hot
 
 LATENT, FEATURES = 2, 5
 
@@ -120,3 +123,35 @@ def indexed_batch_model(x, indices, num_data):
     with pyro.plate("data", num_data, subsample=indices):
         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([LATENT]).to_event(1))
         pyro.sample("x", dist.Normal((z.unsqueeze(-2) @ w).squeeze(-2), 0.5).to_event(1), obs=x)
+
+
+ANNOTATORS, CLASSES = 4, 3
+TRUSTED = torch.tensor([0.7, 0.5, 0.9, 0.6])  # each annotator's chance of not spamming
+SPAM = torch.tensor([0.6, 0.3, 0.1])  # the labels of a spamming annotator
+
+
+def annotation_model(labels):
+    """An item's class c, and per annotator a spam switch s in a nested plate
+    (MACE with known annotators): the posterior is q(c | x) q(s_j | x, c)."""
+    with pyro.plate("items", labels.shape[0], dim=-2):
+        c = pyro.sample("c", dist.Categorical(logits=torch.zeros(CLASSES)))
+        with pyro.plate("annotators", ANNOTATORS):
+            s = pyro.sample("s", dist.Bernoulli(1 - TRUSTED))
+            probs = torch.where(s[..., None] == 0, one_hot(c, CLASSES), SPAM)
+            pyro.sample("y", dist.Categorical(probs), obs=labels)
+
+
+def annotation_data(num_items, seed=0):
+    """Labels (items x annotators) simulated from :func:`annotation_model`."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, CLASSES, (num_items,), generator=generator)
+    spam = torch.rand(num_items, ANNOTATORS, generator=generator) > TRUSTED
+    random = torch.multinomial(SPAM, num_items * ANNOTATORS, True, generator=generator)
+    return torch.where(spam, random.reshape(num_items, ANNOTATORS), classes[:, None])
+
+
+def annotation_log_evidence(labels):
+    """log p(labels) of :func:`annotation_model`, each item's class summed out."""
+    agree = one_hot(labels, CLASSES).float()  # (items, annotators, classes)
+    per_class = ((1 - TRUSTED) * SPAM[labels])[..., None] + TRUSTED[:, None] * agree
+    return float((per_class.log().sum(1) - math.log(CLASSES)).logsumexp(-1).sum())

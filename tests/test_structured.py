@@ -7,10 +7,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED, train
-from models import factor_data, factor_model
+from models import annotation_data, annotation_model, factor_data, factor_model
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
-from torch import nn
 
 from pyro_amortized import AutoAmortizedGuide
 
@@ -303,29 +302,8 @@ def test_global_reads_follow_paths_through_local_sites_only():
         AutoAmortizedGuide(model, dependencies={"alone": ["plated"]})(x)
 
 
-ANNOTATORS = 4
-CLASSES = 3
-TRUSTED = torch.tensor([0.7, 0.5, 0.9, 0.6])  # each annotator's chance of not spamming
-SPAM = torch.tensor([0.6, 0.3, 0.1])  # the labels of a spamming annotator
-
-
-def annotation_model(labels):
-    """An item's class c, and per annotator a spam switch s in a nested plate
-    (MACE with known globals): the posterior is q(c | x) q(s_j | x, c)."""
-    with pyro.plate("items", labels.shape[0], dim=-2):
-        c = pyro.sample("c", dist.Categorical(logits=torch.zeros(CLASSES)))
-        with pyro.plate("annotators", ANNOTATORS):
-            s = pyro.sample("s", dist.Bernoulli(1 - TRUSTED))
-            probs = torch.where(s[..., None] == 0, nn.functional.one_hot(c, CLASSES), SPAM)
-            pyro.sample("y", dist.Categorical(probs), obs=labels)
-
-
 def test_sites_of_nested_plates_read_the_outer_site_and_keep_the_enumerated_elbo_exact():
-    generator = torch.Generator().manual_seed(SEED)
-    classes = torch.randint(0, CLASSES, (40,), generator=generator)
-    spam = torch.rand(40, ANNOTATORS, generator=generator) > TRUSTED
-    random = torch.multinomial(SPAM, 40 * ANNOTATORS, True, generator=generator)
-    labels = torch.where(spam, random.reshape(40, ANNOTATORS), classes[:, None])
+    labels = annotation_data(40, SEED)
     guide = AutoAmortizedGuide(annotation_model, enumerate_discrete="parallel")
     elbo = TraceEnum_ELBO(max_plate_nesting=2)
     train(annotation_model, guide, labels, steps=300, elbo=elbo)
