@@ -202,44 +202,31 @@ def test_radon_counties_are_a_group_plate():
     assert guide.encode(*call)["a"].batch_shape == (85,)
 
 
-def test_crossed_and_nested_indices_are_told_apart_by_the_rows_they_reach():
+def two_effects_model(first, second, y):
+    """A row's outcome from an effect of its group in each of two plates."""
+    with pyro.plate("firsts", 40):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    with pyro.plate("seconds", 15):
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+    with pyro.plate("rows", len(first)):
+        pyro.sample("y", dist.Normal(a[first] + b[second], 0.5), obs=y)
+
+
+@pytest.mark.parametrize("design", ["crossed", "nested"])
+def test_crossed_and_nested_indices_are_told_apart_by_the_rows_they_reach(design):
     generator = torch.Generator().manual_seed(SEED)
-    student = torch.randint(0, 40, (300,), generator=generator)
-    question = torch.randint(0, 15, (300,), generator=generator)  # also a valid student index
-
-    def crossed(student, question, y):
-        with pyro.plate("students", 40):
-            a = pyro.sample("a", dist.Normal(0.0, 1.0))
-        with pyro.plate("questions", 15):
-            b = pyro.sample("b", dist.Normal(0.0, 1.0))
-        with pyro.plate("answers", len(student)):
-            pyro.sample("y", dist.Normal(a[student] + b[question], 0.5), obs=y)
-
-    guide = AutoAmortizedGuide(crossed)
-    with pytest.warns(UserWarning, match="each group the rows of plate 'answers'"):
-        guide(student, question, torch.randn(300))
-    # Each group plate reads the answers; neither index is read as a measurement.
-    assert guide.data_plates == {"students": ("y",), "questions": ("y",)}
+    first = torch.randint(0, 40, (300,), generator=generator)
+    if design == "crossed":  # students and questions: each index fits the students' plate
+        second = torch.randint(0, 15, (300,), generator=generator)
+    else:  # counties in states: first g < 15 lies in state g, so a state index fits too
+        second = first % 15
+    guide = AutoAmortizedGuide(two_effects_model)
+    with pytest.warns(UserWarning, match="each group the rows of plate 'rows'"):
+        guide(first, second, torch.randn(300))
+    # Each group plate reads the rows' outcomes; neither index is read as a measurement.
+    assert guide.data_plates == {"firsts": ("y",), "seconds": ("y",)}
     links = {name: plate.group_index for name, plate in guide._built.structure.data_plates.items()}
-    assert links == {"students": "student", "questions": "question"}
-
-    county_state = torch.arange(30) % 6  # county g < 6 lies in state g: a state index fits too
-    county = torch.randint(0, 30, (200,), generator=generator)
-
-    def nested(county, state, y):
-        with pyro.plate("states", 6):
-            s = pyro.sample("s", dist.Normal(0.0, 1.0))
-        with pyro.plate("counties", 30):
-            c = pyro.sample("c", dist.Normal(0.0, 0.5))
-        with pyro.plate("houses", len(county)):
-            pyro.sample("y", dist.Normal(s[state] + c[county], 0.5), obs=y)
-
-    pyro.clear_param_store()
-    guide = AutoAmortizedGuide(nested)
-    with pytest.warns(UserWarning, match="each group the rows of plate 'houses'"):
-        guide(county, county_state[county], torch.randn(200))
-    links = {name: plate.group_index for name, plate in guide._built.structure.data_plates.items()}
-    assert links == {"states": "state", "counties": "county"}
+    assert links == {"firsts": "first", "seconds": "second"}
 
 
 def test_integer_outcomes_and_plates_reached_by_every_row_are_not_groups():
