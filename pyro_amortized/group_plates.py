@@ -195,7 +195,10 @@ def _moved(site: dict, plate: str, group: int) -> tuple[torch.Tensor, bool]:
     position = None if frame is None else value.dim() - fn.event_dim + frame.dim
     if position is None or position < 0 or value.shape[position] <= group:
         return value, False
-    transform = biject_to(fn.support)
+    try:
+        transform = biject_to(fn.support)
+    except NotImplementedError:  # no bijection: the site cannot be moved
+        return value, False
     unconstrained = transform.inv(value).clone()
     unconstrained.select(position, group).add_(MOVE)
     return transform(unconstrained), True
