@@ -109,8 +109,10 @@ def plate_inputs(
     values: Sequence[object],
     indices: torch.Tensor | None,
     plate_size: int | None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """The encoder inputs of a data plate: each argument's rows, as float tensors.
+    """The encoder inputs of a data plate: each argument's rows, as float tensors
+    (integers and booleans in ``dtype``, by default the default float dtype).
 
     An argument with one row per minibatch index is taken as it is (the data
     is the minibatch); one with a row per data point of the plate is indexed
@@ -136,7 +138,7 @@ def plate_inputs(
                 )
             value = value.index_select(0, indices.to(value.device))
         if not value.is_floating_point():
-            value = value.to(torch.get_default_dtype())
+            value = value.to(dtype or torch.get_default_dtype())
         inputs.append(value)
     # int(): under torch.jit tracing sizes are tensors, which a set keeps apart.
     rows = {int(value.shape[0]) for value in inputs}
@@ -184,10 +186,11 @@ def plate_features(
     rows of each (``values`` starts with the group index; the number of groups
     is ``plate_size``, or the largest index plus one).
     """
+    dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), None)
     if plate.group_index is None:
-        return encode_features(encoder, plate_inputs(plate, values, indices, plate_size))
+        return encode_features(encoder, plate_inputs(plate, values, indices, plate_size, dtype))
     groups, *rows = values
-    inputs = plate_inputs(plate, rows, None, None)
+    inputs = plate_inputs(plate, rows, None, None, dtype)
     num_groups = _check_groups(plate, groups, inputs[0].shape[0], plate_size)
     features = encode_features(encoder, inputs, groups=(groups, num_groups))
     return features if indices is None else features.index_select(0, indices.to(features.device))

@@ -37,13 +37,23 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
+from .prototype import subsample_of
 from .user_warnings import warn
 
 RowsReached = Callable[[str, str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
 """``reached(group_plate, rows_plate, index)``: see :func:`rows_reached`."""
 
 MOVE = 0.5
-"""How far, in unconstrained space, :func:`rows_reached` moves a group's values."""
+"""How far, in unconstrained space, :func:`rows_reached` moves a group's values
+(along a direction that differs from value to value, which a softmax sees)."""
+
+UNMOVED = 1e-6
+"""The relative change of a row's log density below which it did not move."""
+
+DOMINANT = 2.0
+"""How many times more, on average, the rows an index puts in the moved group
+must move than the others, for an index whose group moves every row (effects
+centred over the groups, ``a - a.mean()``)."""
 
 
 def is_group_index(value: Any, rows: set[int], num_groups: int) -> bool:
@@ -112,7 +122,7 @@ def warn_if_crossed(links: Mapping[str, tuple[str, str]]) -> None:
     for name, (rows_plate, _) in links.items():
         by_rows.setdefault(rows_plate, []).append(name)
     for rows_plate, names in by_rows.items():
-        if len(names) > 1:
+        if len({links[name][1] for name in names}) > 1:  # plates of one index are one grouping
             quoted = ", ".join(f"'{name}'" for name in names)
             warn(
                 f"The plates {quoted} each group the rows of plate '{rows_plate}' (crossed "
@@ -128,21 +138,37 @@ def warn_if_crossed(links: Mapping[str, tuple[str, str]]) -> None:
 def _gathered_by(
     name: str, found: list[tuple[str, str]], arguments: Mapping[str, Any], reached: RowsReached
 ) -> list[tuple[str, str]]:
-    """The candidate indices of group plate ``name`` that the model gathers by:
-    moving a group's values reaches exactly the rows the index puts in it (or,
-    failing that, no row outside it: a masked row does not move). Candidates
-    whose check cannot tell (no continuous site, no row reached) are kept
-    unless another one passes."""
-    exact, within, unknown = [], [], []
+    """The candidate indices of group plate ``name`` that the model gathers by,
+    best first: those whose moved group reaches exactly its rows; else no row
+    outside them (a masked row does not move); else its rows much more than
+    the others (:data:`DOMINANT`). Candidates whose check cannot tell (no
+    continuous site, no row reached) are kept unless another one passes."""
+    tiers: dict[str, list[tuple[str, str]]] = {"exact": [], "within": [], "dominant": []}
+    unknown = []
     for plate, argument in found:
         result = reached(name, plate, arguments[argument])
-        if result is None or not result[0].any():
+        tier = None if result is None else _tier(*result)
+        if tier is None:
             unknown.append((plate, argument))
-        elif torch.equal(*result):
-            exact.append((plate, argument))
-        elif not (result[0] & ~result[1]).any():
-            within.append((plate, argument))
-    return exact or within or unknown
+        elif tier in tiers:
+            tiers[tier].append((plate, argument))
+    return tiers["exact"] or tiers["within"] or tiers["dominant"] or unknown
+
+
+def _tier(change: torch.Tensor, members: torch.Tensor) -> str | None:
+    """How well the rows that moved (by ``change``) match the ``members`` of
+    the moved group: ``None`` where no row moved."""
+    moved = change > 0
+    if not moved.any():
+        return None
+    if torch.equal(moved, members):
+        return "exact"
+    if not (moved & ~members).any():
+        return "within"
+    outside = change[~members].mean() if (~members).any() else change.new_zeros(())
+    if members.any() and change[members].mean() > DOMINANT * outside:
+        return "dominant"
+    return "mismatch"
 
 
 def rows_reached(
@@ -154,61 +180,72 @@ def rows_reached(
     rows_plate: str,
     index: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Which rows of ``rows_plate`` change their observed densities when the
-    continuous latent values of ``group_plate`` move (by :data:`MOVE`, in
-    unconstrained space) at the group that ``index`` gives most rows: two runs
-    of the model replaying the prototype ``trace``, the second with the moved
-    values.
+    """How much the observed log densities of each row of ``rows_plate``
+    change when the continuous latent values of ``group_plate`` move (by
+    :data:`MOVE`, in unconstrained space) at the group that ``index`` gives
+    most rows (among the groups of the trace, where the group plate
+    subsampled): two runs of the model replaying the prototype ``trace``, the
+    second with the moved values.
 
     :param index: a candidate group index, one entry per row of the plate
         (its full size or the trace's minibatch).
-    :returns: per row of the trace's ``rows_plate``, whether its densities
-        changed and whether ``index`` puts it in the moved group; ``None``
-        where the plate has no continuous latent site to move, or the rows
-        plate no observed density per row.
+    :returns: per row of the trace's ``rows_plate``, the change of its log
+        densities (0 below :data:`UNMOVED`) and whether ``index`` puts it in
+        the moved group; ``None`` where the group plate has no continuous
+        latent site to move, the rows plate no observed density per row, or
+        their number is not the index's.
     """
-    subsample = trace.nodes.get(rows_plate)
-    if subsample is not None and site_is_subsample(subsample):
-        if len(index) != len(subsample["value"]):
-            index = index[subsample["value"]]
-    group = int(torch.bincount(index).argmax())
+    rows, groups = subsample_of(trace, rows_plate), subsample_of(trace, group_plate)
+    if rows is not None and len(index) != len(rows):
+        index = index[rows]
+    counts = torch.bincount(index, minlength=int(index.max()) + 1)
+    if groups is not None:  # subsampled: move the chosen group with the most rows
+        counts = counts[groups.clamp(max=len(counts) - 1)] * (groups < len(counts))
+    position = int(counts.argmax())
+    group = position if groups is None else int(groups[position])
     moved = poutine.Trace()
     any_moved = False
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
             value = site["value"]
             if not site_is_subsample(site) and not site["fn"].support.is_discrete:
-                value, shifted = _moved(site, group_plate, group)
+                value, shifted = _moved(site, group_plate, position)
                 any_moved |= shifted
             moved.add_node(name, type="sample", is_observed=False, value=value, infer={})
     before = _row_densities(model, trace, args, kwargs, rows_plate)
     if not any_moved or before is None or len(before) != len(index):
         return None
     after = _row_densities(model, moved, args, kwargs, rows_plate)
-    changed = ((after - before).abs() > 1e-6 * (1 + before.abs())).any(-1)
-    return changed, index == group
+    change = (after - before).abs().amax(-1)
+    change = torch.where(change > UNMOVED * (1 + before.abs().amax(-1)), change, 0.0)
+    return change, index == group
 
 
-def _moved(site: dict, plate: str, group: int) -> tuple[torch.Tensor, bool]:
+def _moved(site: dict, plate: str, position: int) -> tuple[torch.Tensor, bool]:
+    """The site's value moved at ``position`` along ``plate``, and whether it
+    moved (not where the site is not in the plate, or has no bijection)."""
     value, fn = site["value"], site["fn"]
     frame = next((f for f in site["cond_indep_stack"] if f.name == plate and f.vectorized), None)
-    position = None if frame is None else value.dim() - fn.event_dim + frame.dim
-    if position is None or position < 0 or value.shape[position] <= group:
+    dim = None if frame is None else value.dim() - fn.event_dim + frame.dim
+    if dim is None or dim < 0 or value.shape[dim] <= position:
         return value, False
     try:
         transform = biject_to(fn.support)
     except NotImplementedError:  # no bijection: the site cannot be moved
         return value, False
     unconstrained = transform.inv(value).clone()
-    unconstrained.select(position, group).add_(MOVE)
+    chosen = unconstrained.select(dim, position)
+    direction = torch.linspace(-1.0, 1.0, chosen.numel(), dtype=chosen.dtype)
+    chosen.add_(MOVE * direction.reshape(chosen.shape).to(chosen.device))
     return transform(unconstrained), True
 
 
 def _row_densities(
     model: Callable, trace: poutine.Trace, args: tuple, kwargs: dict, rows_plate: str
 ) -> torch.Tensor | None:
-    """The log densities of the observed sites of ``rows_plate``, one row per
-    row of the plate, in a run of the model replaying ``trace``."""
+    """The log densities of the observed sites of ``rows_plate`` (zero where
+    masked), one row per row of the plate, in a run of the model replaying
+    ``trace``."""
     state = get_rng_state()
     try:
         with torch.no_grad():
@@ -222,6 +259,8 @@ def _row_densities(
             continue
         frame = next((f for f in site["cond_indep_stack"] if f.name == rows_plate), None)
         log_density = site["fn"].log_prob(site["value"])
+        if site["mask"] is not None:  # rows the model masks out move nothing
+            log_density = torch.where(torch.as_tensor(site["mask"]), log_density, 0.0)
         position = None if frame is None else log_density.dim() + frame.dim
         if position is not None and position >= 0 and log_density.shape[position] > 1:
             columns.append(

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.functional import one_hot
 
 from .encoders import MLPEncoder, StandardizingEncoder
+from .prototype import subsample_of
 from .structure import DataPlate
 from .user_warnings import warn
 
@@ -40,20 +41,36 @@ with a warning."""
 def label_counts(trace: poutine.Trace, plate: DataPlate, arguments: Mapping[str, Any]) -> tuple:
     """The number of categories of each of the plate's inputs that a
     ``Categorical`` site of the prototype ``trace`` observes (its value is the
-    argument itself), else 0.
+    argument, or the argument's rows that the data plate took, in any dtype),
+    else 0.
 
     Usage::
 
         label_counts(trace, plate, {"labels": labels})   # (3,) for three classes
     """
+    rows = subsample_of(trace, plate.rows_plate or plate.name)
+    observed = [
+        site
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and site["is_observed"] and _categories(site["fn"])
+    ]
     counts = []
     for name in plate.inputs:
-        value, found = arguments[name], 0
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and site["is_observed"] and site["value"] is value:
-                found = found or _categories(site["fn"])
-        counts.append(found)
+        value = arguments[name]
+        held = [site for site in observed if _holds(site["value"], value, rows)]
+        counts.append(_categories(held[0]["fn"]) if held else 0)
     return tuple(counts)
+
+
+def _holds(observed: Any, argument: Any, rows: torch.Tensor | None) -> bool:
+    """Whether an observed value is the argument, or its ``rows``."""
+    if observed is argument:
+        return True
+    if not isinstance(observed, torch.Tensor) or not isinstance(argument, torch.Tensor):
+        return False
+    if rows is not None and argument.dim() and len(argument) != len(rows):
+        argument = argument[rows]
+    return observed.shape == argument.shape and torch.equal(observed.double(), argument.double())
 
 
 def _categories(fn: dist.Distribution) -> int:

@@ -145,6 +145,14 @@ def explicit_indices(trace: poutine.Trace, plate: str) -> torch.Tensor | None:
     return site["value"]
 
 
+def subsample_of(trace: poutine.Trace, plate: str) -> torch.Tensor | None:
+    """The rows a plate took in the trace, where it took fewer than all."""
+    site = trace.nodes.get(plate)
+    if site is None or not site_is_subsample(site) or len(site["value"]) == site["fn"].size:
+        return None
+    return site["value"]
+
+
 def model_value(site: dict, outer: frozenset[str]) -> torch.Tensor:
     """A site's value without the dimensions of plates enclosing the model call."""
     value = site["value"]

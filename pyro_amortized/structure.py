@@ -179,7 +179,7 @@ def read_model(
     data_plates = {
         plate: _data_plate(
             frames[plate],
-            _encoder_feeds(plate, candidates, groups),
+            _encoder_feeds(plate, candidates, groups, trace, arguments),
             arguments,
             inverse_order(names, sites),
             explicit_indices(trace, plate),
@@ -241,15 +241,23 @@ def _collect_sites(trace: poutine.Trace, outer: frozenset[str]) -> tuple[dict, d
 
 
 def _encoder_feeds(
-    plate: str, candidates: Mapping[str, tuple], groups: Mapping[str, tuple[str, str]]
+    plate: str,
+    candidates: Mapping[str, tuple],
+    groups: Mapping[str, tuple[str, str]],
+    trace: poutine.Trace,
+    arguments: dict[str, Any],
 ) -> tuple[tuple[str, int], ...]:
     """The arguments that feed a plate's encoder: those of its rows (a group
     plate's are those of its rows' plate) but the group indices, which say
     which group a row is in, not what was measured (a number per group, read
-    as a value, would mean nothing and grow with the groups)."""
+    as a value, would mean nothing and grow with the groups), and a group
+    plate's rows' minibatch indices."""
+    rows_plate = groups[plate][0] if plate in groups else plate
     indices = {index for _, index in groups.values()}
-    feeds = candidates[groups[plate][0] if plate in groups else plate]
-    return tuple((name, axis) for name, axis in feeds if name not in indices)
+    explicit = explicit_indices(trace, rows_plate)
+    if plate in groups and explicit is not None:
+        indices.add(_indices_argument(rows_plate, explicit, arguments))
+    return tuple((name, axis) for name, axis in candidates[rows_plate] if name not in indices)
 
 
 def _data_plate(

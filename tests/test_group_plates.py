@@ -2,6 +2,7 @@
 linked to it by an index argument (the gather form of hierarchical models)."""
 
 import pickle
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -261,3 +262,55 @@ def test_integer_outcomes_and_plates_reached_by_every_row_are_not_groups():
     with pytest.warns(UserWarning, match="nothing to amortize"):
         guide(torch.randint(0, 4, (50,), generator=generator))
     assert guide.global_sites == ("effect",) and guide.local_sites == ()
+
+
+def centred_model(group, y):
+    """Effects centred over the groups: moving one group moves every row."""
+    with pyro.plate("groups", 8):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    with pyro.plate("rows", len(group)):
+        pyro.sample("y", dist.Normal((a - a.mean(-1, keepdim=True))[..., group], 1.0), obs=y)
+
+
+def logits_model(group, y):
+    """A vector of logits per group: a move by a constant would not show."""
+    with pyro.plate("groups", 8):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    with pyro.plate("rows", len(group)):
+        pyro.sample("y", dist.Categorical(logits=a[..., group, :]), obs=y)
+
+
+def chosen_groups_model(group, y):
+    """The groups subsampled: the moved group must be one of those chosen."""
+    with pyro.plate("groups", 8, subsample_size=3) as chosen:
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    position = torch.full((8,), -1).index_put((chosen,), torch.arange(3))
+    with pyro.plate("rows", len(group)), poutine.mask(mask=position[group] >= 0):
+        pyro.sample("y", dist.Normal(a[..., position[group].clamp(min=0)], 1.0), obs=y)
+
+
+@pytest.mark.parametrize("model", [centred_model, logits_model, chosen_groups_model])
+def test_the_index_is_told_from_an_integer_outcome_whatever_the_groups_do(model):
+    group = torch.cat([torch.arange(80) % 8, torch.full((10,), 2)])  # group 2 has most rows
+    y = torch.randint(0, 3, (90,), generator=torch.Generator().manual_seed(SEED))
+    guide = AutoAmortizedGuide(model)
+    guide(group, y if model is logits_model else y.float() if model is centred_model else y)
+    assert guide.local_sites == ("a",)
+    assert guide._built.structure.data_plates["groups"].group_index == "group"
+
+
+def test_plates_of_one_index_and_explicit_minibatches_feed_no_index():
+    def model(group, idx, x):
+        with pyro.plate("intercepts", 5):
+            a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("slopes", 5):
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(group), subsample=idx):
+            pyro.sample("x", dist.Normal(a[group[idx]] + b[group[idx]] * 0.5, 1.0), obs=x[idx])
+
+    group, x = torch.arange(20) % 5, torch.randn(20)
+    guide = AutoAmortizedGuide(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one grouping: no warning of crossed effects
+        guide(group, torch.arange(10), x)
+    assert guide.data_plates == {"intercepts": ("x",), "slopes": ("x",)}

@@ -61,3 +61,22 @@ def test_labels_of_too_many_categories_stay_numbers_with_a_warning():
     with pytest.warns(UserWarning, match="5000 categories, 2 per data point: too many"):
         guide(torch.randint(0, 5000, (8, 2)))
     assert isinstance(guide.network.encoders["docs"], MLPEncoder)
+
+
+def minibatch_labels_model(labels):
+    """The labels observed through the minibatch, as integers whatever their dtype."""
+    with pyro.plate("items", len(labels), subsample_size=10) as rows:
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        pyro.sample("y", dist.Categorical(logits=z), obs=labels[rows].long())
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.float])
+def test_labels_observed_by_rows_or_in_another_dtype_are_read_one_hot(dtype):
+    labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(SEED))
+    guide = AutoAmortizedGuide(minibatch_labels_model)
+    guide(labels.to(dtype))
+    encoder = guide.network.encoders[module_key("items")]
+    assert isinstance(encoder, OneHotInputs) and encoder.counts == (3,)
+    if dtype == torch.long:  # integer labels reach the encoder in its dtype
+        guide.to(torch.float64)
+        assert guide.encode(labels)["z"].mean.dtype == torch.float64
