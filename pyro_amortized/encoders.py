@@ -186,7 +186,7 @@ def plate_features(
     rows of each (``values`` starts with the group index; the number of groups
     is ``plate_size``, or the largest index plus one).
     """
-    dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), None)
+    dtype = _integer_dtype(encoder, values[1:] if plate.group_index else values)
     if plate.group_index is None:
         return encode_features(encoder, plate_inputs(plate, values, indices, plate_size, dtype))
     groups, *rows = values
@@ -194,6 +194,13 @@ def plate_features(
     num_groups = _check_groups(plate, groups, inputs[0].shape[0], plate_size)
     features = encode_features(encoder, inputs, groups=(groups, num_groups))
     return features if indices is None else features.index_select(0, indices.to(features.device))
+
+
+def _integer_dtype(encoder: nn.Module, values: Sequence[object]) -> torch.dtype | None:
+    """The dtype integer inputs take: the encoder's, where any input is integer."""
+    if all(not isinstance(v, torch.Tensor) or v.is_floating_point() for v in values):
+        return None
+    return next((p.dtype for p in encoder.parameters() if p.is_floating_point()), None)
 
 
 def _check_groups(plate: DataPlate, groups: object, num_rows: int, plate_size: int | None) -> int:
