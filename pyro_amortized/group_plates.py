@@ -47,6 +47,11 @@ MOVE = 0.5
 """How far, in unconstrained space, :func:`rows_reached` moves a group's values
 (along a direction that differs from value to value, which a softmax sees)."""
 
+JITTER = 0.5
+"""The spread of the random values, in unconstrained space, that
+:func:`rows_reached` adds to the prototype's latent values before moving one
+group."""
+
 UNMOVED = 1e-6
 """The relative change of a row's log density below which it did not move."""
 
@@ -112,27 +117,27 @@ def group_links(
     return links
 
 
-def warn_if_crossed(links: Mapping[str, tuple[str, str]]) -> None:
-    """Warns where several group plates group the same rows (crossed effects,
-    such as students and questions of the same answers, or nested ones, such as
-    counties and states of the same houses): each group's head
-    reads its rows pooled, but not the other plates' effects on those rows,
-    which the group's exact posterior takes out."""
-    by_rows: dict[str, list[str]] = {}
-    for name, (rows_plate, _) in links.items():
-        by_rows.setdefault(rows_plate, []).append(name)
-    for rows_plate, names in by_rows.items():
-        if len({links[name][1] for name in names}) > 1:  # plates of one index are one grouping
-            quoted = ", ".join(f"'{name}'" for name in names)
-            warn(
-                f"The plates {quoted} each group the rows of plate '{rows_plate}' (crossed "
-                "or nested effects). Each group's head reads its own rows pooled, not the other "
-                "plates' effects on them, so the fit can be looser than with per-group "
-                "parameters (see the docs' page on reading a model, group plates). "
-                "Where that matters, pass amortize_on= (which names the data "
-                "plates' inputs and gives the sites of these plates per-group parameters), "
-                "or combine guides with AutoGuideList."
-            )
+def uncrossed(links: Mapping[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """The group plates of ``links`` but those whose rows another plate groups
+    by another index (crossed effects, such as users and items of the same
+    ratings, or nested ones, such as counties and states of the same houses),
+    with a warning: a head of one would read its rows pooled without the
+    other plates' effects on them, which its exact posterior takes out. Their
+    sites get per-group parameters, as with ``AutoNormal``."""
+    indices: dict[str, set[str]] = {}
+    for rows_plate, index in links.values():
+        indices.setdefault(rows_plate, set()).add(index)
+    crossed = sorted(name for name, (rows, _) in links.items() if len(indices[rows]) > 1)
+    if crossed:
+        quoted = ", ".join(f"'{name}'" for name in crossed)
+        warn(
+            f"The plates {quoted} group the same rows by different indices (crossed or "
+            "nested effects). A head of one would read its rows pooled, without the other "
+            "plates' effects on them (on a matrix factorization of 30 users and 20 items, "
+            "the amortized ELBO was -758 against AutoNormal's -397), so their sites get "
+            "per-group parameters, as with AutoNormal, and new groups need training."
+        )
+    return {name: link for name, link in links.items() if name not in crossed}
 
 
 def _gathered_by(
@@ -184,8 +189,8 @@ def rows_reached(
     change when the continuous latent values of ``group_plate`` move (by
     :data:`MOVE`, in unconstrained space) at the group that ``index`` gives
     most rows (among the groups of the trace, where the group plate
-    subsampled): two runs of the model replaying the prototype ``trace``, the
-    second with the moved values.
+    subsampled): two runs of the model replaying the prototype ``trace``'s
+    latent values, jittered (:data:`JITTER`), the second with one group moved.
 
     :param index: a candidate group index, one entry per row of the plate
         (its full size or the trace's minibatch).
@@ -203,16 +208,17 @@ def rows_reached(
         counts = counts[groups.clamp(max=len(counts) - 1)] * (groups < len(counts))
     position = int(counts.argmax())
     group = position if groups is None else int(groups[position])
-    moved = poutine.Trace()
-    any_moved = False
+    base, moved = poutine.Trace(), poutine.Trace()
+    any_moved, generator = False, torch.Generator().manual_seed(0)
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
-            value = site["value"]
+            values = (site["value"],) * 2
             if not site_is_subsample(site) and not site["fn"].support.is_discrete:
-                value, shifted = _moved(site, group_plate, position)
+                *values, shifted = _moved(site, group_plate, position, generator)
                 any_moved |= shifted
-            moved.add_node(name, type="sample", is_observed=False, value=value, infer={})
-    before = _row_densities(model, trace, args, kwargs, rows_plate)
+            for run, value in zip((base, moved), values, strict=True):
+                run.add_node(name, type="sample", is_observed=False, value=value, infer={})
+    before = _row_densities(model, base, args, kwargs, rows_plate)
     if not any_moved or before is None or len(before) != len(index):
         return None
     after = _row_densities(model, moved, args, kwargs, rows_plate)
@@ -221,23 +227,30 @@ def rows_reached(
     return change, index == group
 
 
-def _moved(site: dict, plate: str, position: int) -> tuple[torch.Tensor, bool]:
-    """The site's value moved at ``position`` along ``plate``, and whether it
-    moved (not where the site is not in the plate, or has no bijection)."""
+def _moved(
+    site: dict, plate: str, position: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The site's value jittered (by :data:`JITTER` in unconstrained space: a
+    start where a product of sites is zero, ``u[user] * v[item]`` at ``v =
+    0``, moves no row), then also moved at ``position`` along ``plate``, and
+    whether it moved there (not where the site is not in the plate); a site
+    with no bijection keeps its value."""
     value, fn = site["value"], site["fn"]
-    frame = next((f for f in site["cond_indep_stack"] if f.name == plate and f.vectorized), None)
-    dim = None if frame is None else value.dim() - fn.event_dim + frame.dim
-    if dim is None or dim < 0 or value.shape[dim] <= position:
-        return value, False
     try:
         transform = biject_to(fn.support)
-    except NotImplementedError:  # no bijection: the site cannot be moved
-        return value, False
-    unconstrained = transform.inv(value).clone()
-    chosen = unconstrained.select(dim, position)
-    direction = torch.linspace(-1.0, 1.0, chosen.numel(), dtype=chosen.dtype)
-    chosen.add_(MOVE * direction.reshape(chosen.shape).to(chosen.device))
-    return transform(unconstrained), True
+    except NotImplementedError:
+        return value, value, False
+    base = transform.inv(value)
+    base = base + JITTER * torch.randn(base.shape, generator=generator).to(base)
+    moved = base.clone()
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate and f.vectorized), None)
+    dim = None if frame is None else value.dim() - fn.event_dim + frame.dim
+    shifted = dim is not None and 0 <= dim and position < value.shape[dim]
+    if shifted:
+        chosen = moved.select(dim, position)
+        direction = torch.linspace(-1.0, 1.0, chosen.numel(), dtype=chosen.dtype)
+        chosen.add_(MOVE * direction.reshape(chosen.shape).to(chosen.device))
+    return transform(base), transform(moved), shifted
 
 
 def _row_densities(

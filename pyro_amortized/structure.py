@@ -39,7 +39,7 @@ from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 
-from .group_plates import RowsReached, group_links, warn_if_crossed
+from .group_plates import RowsReached, group_links, uncrossed
 from .latent_sites import LatentSite, check_guidable, latent_site
 from .plate_arguments import AmortizeOn, data_plate_candidates
 from .prototype import (
@@ -165,8 +165,7 @@ def read_model(
     holding = {f.name for site in latent.values() for f in model_frames(site, outer)}
     groups = {}
     if amortize_on is None:
-        groups = group_links(holding, frames, candidates, arguments, reached)
-        warn_if_crossed(groups)
+        groups = uncrossed(group_links(holding, frames, candidates, arguments, reached))
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}
     for name, site in latent.items():

@@ -11,8 +11,9 @@ import torch
 from helpers import SEED, train
 from pyro import poutine
 
-from pyro_amortized import AutoAmortizedGuide, LocalIWAE, PathDerivativeELBO
+from pyro_amortized import AutoAmortizedGuide, LocalIWAE, PathDerivativeELBO, structure
 from pyro_amortized.datasets import load_radon
+from pyro_amortized.group_plates import uncrossed
 from pyro_amortized.models import radon_model
 from pyro_amortized.set_encoders import SetEncoder
 
@@ -203,6 +204,22 @@ def test_radon_counties_are_a_group_plate():
     assert guide.encode(*call)["a"].batch_shape == (85,)
 
 
+def linked(monkeypatch, model, *args):
+    """The group plates that reading ``model`` links, crossed ones included:
+    ``{group plate: (rows plate, index argument)}``."""
+    seen = {}
+
+    def capture(links):
+        seen.update(links)
+        return uncrossed(links)
+
+    monkeypatch.setattr(structure, "uncrossed", capture)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        AutoAmortizedGuide(model)(*args)
+    return seen
+
+
 def two_effects_model(first, second, y):
     """A row's outcome from an effect of its group in each of two plates."""
     with pyro.plate("firsts", 40):
@@ -214,7 +231,7 @@ def two_effects_model(first, second, y):
 
 
 @pytest.mark.parametrize("design", ["crossed", "nested"])
-def test_crossed_and_nested_indices_are_told_apart_by_the_rows_they_reach(design):
+def test_crossed_and_nested_indices_are_told_apart_by_the_rows_they_reach(design, monkeypatch):
     generator = torch.Generator().manual_seed(SEED)
     first = torch.randint(0, 40, (300,), generator=generator)
     if design == "crossed":  # students and questions: each index fits the students' plate
@@ -222,12 +239,12 @@ def test_crossed_and_nested_indices_are_told_apart_by_the_rows_they_reach(design
     else:  # counties in states: first g < 15 lies in state g, so a state index fits too
         second = first % 15
     guide = AutoAmortizedGuide(two_effects_model)
-    with pytest.warns(UserWarning, match="each group the rows of plate 'rows'"):
+    with pytest.warns(UserWarning, match="'firsts', 'seconds' group the same rows by different"):
         guide(first, second, torch.randn(300))
-    # Each group plate reads the rows' outcomes; neither index is read as a measurement.
-    assert guide.data_plates == {"firsts": ("y",), "seconds": ("y",)}
-    links = {name: plate.group_index for name, plate in guide._built.structure.data_plates.items()}
-    assert links == {"firsts": "first", "seconds": "second"}
+    # Told apart, and not amortized: each plate's head would miss the other's effects.
+    assert guide.data_plates == {} and guide.global_sites == ("a", "b")
+    links = linked(monkeypatch, two_effects_model, first, second, torch.randn(300))
+    assert links == {"firsts": ("rows", "first"), "seconds": ("rows", "second")}
 
 
 def test_integer_outcomes_and_plates_reached_by_every_row_are_not_groups():
@@ -294,8 +311,8 @@ def test_the_index_is_told_from_an_integer_outcome_whatever_the_groups_do(model)
     group = torch.cat([torch.arange(80) % 8, torch.full((10,), 2)])  # group 2 has most rows
     y = torch.randint(0, 3, (90,), generator=torch.Generator().manual_seed(SEED))
     guide = AutoAmortizedGuide(model)
-    guide(group, y if model is logits_model else y.float() if model is centred_model else y)
-    assert guide.local_sites == ("a",)
+    guide(group, y.float() if model is centred_model else y)
+    assert guide.local_sites[0] == "a"
     assert guide._built.structure.data_plates["groups"].group_index == "group"
 
 
@@ -314,3 +331,17 @@ def test_plates_of_one_index_and_explicit_minibatches_feed_no_index():
         warnings.simplefilter("error")  # one grouping: no warning of crossed effects
         guide(group, torch.arange(10), x)
     assert guide.data_plates == {"intercepts": ("x",), "slopes": ("x",)}
+
+
+def test_a_product_of_group_values_zero_at_the_start_is_told_apart(monkeypatch):
+    def model(user, item, rating):  # matrix factorization: u and v start at zero
+        with pyro.plate("users", 8):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("items", 3):
+            v = pyro.sample("v", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("ratings", len(user)):
+            mean = (u[..., user, :] * v[..., item, :]).sum(-1)
+            pyro.sample("r", dist.Normal(mean, 1.0), obs=rating)
+
+    links = linked(monkeypatch, model, torch.arange(90) % 8, torch.arange(90) % 3, torch.randn(90))
+    assert links == {"users": ("ratings", "user"), "items": ("ratings", "item")}
