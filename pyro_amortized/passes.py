@@ -20,6 +20,7 @@ from torch import nn
 
 from .building import BuiltGuide
 from .calls import CallReader, given_rows
+from .encoders import ADAM_STEPS, all_finite
 from .heads import GAUSSIAN_HEADS
 from .latent_sites import LatentSite
 from .observed import supervised_term
@@ -121,6 +122,21 @@ class _Pass:
         return proposal
 
 
+def _global_proposal(step: SiteStep, module: nn.Module, reads: torch.Tensor | None) -> Any:
+    """A global site's proposal; where its parameters have diverged, an error
+    that says so (Pyro's validation of the proposal's NaN parameters would not)."""
+    try:
+        return module(reads) if reads is not None else module()
+    except ValueError as error:
+        if all(all_finite(parameter) for parameter in module.parameters()):
+            raise
+        raise ValueError(
+            f"The parameters of global site '{step.name}' are NaN or infinite: they have "
+            "diverged (look for a huge or NaN loss in earlier steps). Scale the data the "
+            f"model reads, or lower the learning rate: {ADAM_STEPS}"
+        ) from error
+
+
 class SamplingPass(_Pass):
     """Samples every site the guide covers in the call's ``plates``, each with
     the model's scale and mask (``weights``); :attr:`values` holds the samples.
@@ -149,7 +165,8 @@ class SamplingPass(_Pass):
         with inner_plates(step.site, self.plates), weighted(self.weights.get(step.name)):
             # Inside the plates: the parameters are subsampled along them.
             module = getattr(self.global_params, step.key)
-            proposal = module(self._global_reads(step)) if step.reads else module()
+            reads = self._global_reads(step) if step.reads else None
+            proposal = _global_proposal(step, module, reads)
             self.values[step.name], read = self.sampler.sample(step.site, proposal)
             self.read[step.name] = standardized(read, proposal)
 

@@ -507,3 +507,19 @@ def test_long_training_on_the_tutorial_models_stays_finite(name):
     # Training made progress and did not blow up at the end.
     assert sum(losses[-tail:]) / tail < sum(losses[:tail]) / tail
     print(f"{name}: {LONG_STEPS} steps, loss {losses[0]:.1f} -> {sum(losses[-tail:]) / tail:.1f}")
+
+
+def test_a_global_site_whose_parameters_diverged_says_so():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.randn(10))
+    with torch.no_grad():
+        for parameter in guide.global_params.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(ValueError, match="global site 'mu' are NaN or infinite"):
+        guide(torch.randn(10))
