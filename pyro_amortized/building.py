@@ -223,6 +223,7 @@ def build_guide(
     }
     correlatable = correlatable_globals(structure, families)
     upstream = upstream_sites(structure, options.dependencies, coupled, correlatable)
+    _check_guide_enumeration(structure, trace, options.enumerate_discrete)
     sampler = _site_sampler(structure, trace, options)
     names = set(optional)
     for plate in structure.data_plates.values():
@@ -273,6 +274,28 @@ def _check_encoder_plates(encoder: Any, structure: ModelStructure) -> None:
                 f"encoder names plates {sorted(unknown)}, which are not data plates "
                 f"of the model. Its data plates are: {sorted(structure.data_plates)}."
             )
+
+
+def _check_guide_enumeration(
+    structure: ModelStructure, trace: Any, enumerate_discrete: str | None
+) -> None:
+    """Refuses to enumerate in the guide the discrete local sites that the
+    model samples in a ``pyro.markov`` loop: the dimensions the model's markov
+    context reuses would clash with the guide's (Pyro's "Enumeration dim
+    conflict")."""
+    chained = [
+        name
+        for name in structure.local_sites
+        if structure.sites[name].discrete and "_markov_scope" in trace.nodes[name]["infer"]
+    ]
+    if enumerate_discrete is not None and len(chained) > 1:
+        raise ValueError(
+            f"The model samples the discrete sites {chained} in a pyro.markov loop, which "
+            "the guide cannot enumerate (its enumeration dimensions would clash with those "
+            "the model's markov context reuses). Enumerate them in the model instead "
+            "(config_enumerate, and TraceEnum_ELBO sums the chain exactly, as Pyro's HMM "
+            "examples do), or let the guide sample them (enumerate_discrete=None)."
+        )
 
 
 def _plate_encoder(options: GuideOptions, plate: str, num_steps: int) -> nn.Module:

@@ -115,3 +115,19 @@ def test_discrete_quantiles_follow_the_cumulative_probabilities():
     q = dist.Categorical(probs=torch.tensor([0.2, 0.5, 0.3]))
     assert discrete_quantiles(q, [0.1, 0.5, 0.75]).tolist() == [0.0, 1.0, 2.0]
     assert discrete_quantiles(dist.Bernoulli(0.3), [0.5, 0.8]).tolist() == [0.0, 1.0]
+
+
+def test_discrete_states_of_a_markov_loop_are_not_enumerated_by_the_guide():
+    def model(x):
+        transition = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+        with pyro.plate("sequences", x.shape[0]):
+            z = None
+            for t in pyro.markov(range(x.shape[1])):
+                probs = torch.tensor([0.5, 0.5]) if z is None else transition[z]
+                z = pyro.sample(f"z_{t}", dist.Categorical(probs))
+                pyro.sample(f"x_{t}", dist.Normal(z.float(), 1.0), obs=x[:, t])
+
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="in a pyro.markov loop, which the guide cannot enumerate"):
+        AutoAmortizedGuide(model, enumerate_discrete="parallel")(x)
+    AutoAmortizedGuide(model)(x)  # sampled by the guide: its heads read the next state
