@@ -130,10 +130,11 @@ def reading_encoder(
     standardized with ``standardize``. Warns where labels stay numbers, and
     where the default encoder's inputs are large or standardized ones constant.
     """
-    counts = list(counts)
+    counts, numbers = list(counts), set()
     for index, (value, count) in enumerate(zip(inputs, counts, strict=True)):
         if count and value.shape[1:].numel() * count > MAX_ONE_HOT:
             counts[index] = 0
+            numbers.add(index)
             warn(
                 f"Argument '{plate.inputs[index]}' holds the labels of a Categorical site "
                 f"with {count} categories, {value.shape[1:].numel()} per data point: too "
@@ -146,12 +147,12 @@ def reading_encoder(
     if standardize:
         reader.encoder = StandardizingEncoder(encoder, encoded)
         _warn_if_constant(plate, reader.encoder)
-    elif isinstance(encoder, MLPEncoder):
-        _warn_if_large(plate, encoded)
+    elif isinstance(encoder, MLPEncoder):  # labels kept as numbers are warned of above
+        _warn_if_large(plate, [value for i, value in enumerate(encoded) if i not in numbers])
     return reader if any(counts) else reader.encoder
 
 
-def _warn_if_large(plate: DataPlate, inputs: tuple[torch.Tensor, ...]) -> None:
+def _warn_if_large(plate: DataPlate, inputs: Sequence[torch.Tensor]) -> None:
     largest = max((float(v.abs().max()) for v in inputs if v.numel()), default=0.0)
     typical = max((float(v.pow(2).mean().sqrt()) for v in inputs if v.numel()), default=0.0)
     if largest > LARGE_INPUT[0] or typical > LARGE_INPUT[1]:
