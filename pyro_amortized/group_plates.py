@@ -198,7 +198,8 @@ def rows_reached(
         densities (0 below :data:`UNMOVED`) and whether ``index`` puts it in
         the moved group; ``None`` where the group plate has no continuous
         latent site to move, the rows plate no observed density per row, or
-        their number is not the index's.
+        their number is not the index's, or the model fails on these values
+        (an assertion of its own).
     """
     rows, groups = subsample_of(trace, rows_plate), subsample_of(trace, group_plate)
     if rows is not None and len(index) != len(rows):
@@ -218,10 +219,15 @@ def rows_reached(
                 any_moved |= shifted
             for run, value in zip((base, moved), values, strict=True):
                 run.add_node(name, type="sample", is_observed=False, value=value, infer={})
-    before = _row_densities(model, base, args, kwargs, rows_plate)
-    if not any_moved or before is None or len(before) != len(index):
+    if not any_moved:
         return None
-    after = _row_densities(model, moved, args, kwargs, rows_plate)
+    try:
+        before = _row_densities(model, base, args, kwargs, rows_plate)
+        after = _row_densities(model, moved, args, kwargs, rows_plate)
+    except Exception:  # noqa: BLE001 - a model that refuses these values cannot tell
+        return None
+    if before is None or after is None or after.shape != before.shape or len(before) != len(index):
+        return None
     change = (after - before).abs().amax(-1)
     change = torch.where(change > UNMOVED * (1 + before.abs().amax(-1)), change, 0.0)
     return change, index == group

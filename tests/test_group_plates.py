@@ -345,3 +345,16 @@ def test_a_product_of_group_values_zero_at_the_start_is_told_apart(monkeypatch):
 
     links = linked(monkeypatch, model, torch.arange(90) % 8, torch.arange(90) % 3, torch.randn(90))
     assert links == {"users": ("ratings", "user"), "items": ("ratings", "item")}
+
+
+def test_a_model_that_refuses_the_checks_values_keeps_its_only_index():
+    def model(group, y):
+        with pyro.plate("groups", 4):
+            a = pyro.sample("a", dist.Normal(0.0, 0.01))
+        assert float(a.abs().max()) < 0.2, "the model's own check"  # the check's values fail it
+        with pyro.plate("rows", len(group)):
+            pyro.sample("y", dist.Normal(a[group], 1.0), obs=y)
+
+    guide = AutoAmortizedGuide(model)
+    guide(torch.arange(20) % 4, torch.randn(20))
+    assert guide.local_sites == ("a",)
