@@ -108,6 +108,14 @@ def mixture_data(num_rows, seed=0, with_centers=False):
     return (x, centers) if with_centers else x
 
 
+def shared_mean_model(x):
+    """A global mean ``loc``, a local z per row around it, x around z."""
+    loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
 def indexed_model(x, indices):
     """The user draws the minibatch: ``indices`` of the rows of ``x``."""
     w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([LATENT, FEATURES]).to_event(2))

@@ -6,6 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED
+from models import shared_mean_model
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from torch.distributions import kl_divergence
@@ -120,13 +121,7 @@ def test_site_families_of_the_wrong_kind_are_refused(families, message):
 
 
 def test_prior_family_needs_a_conjugate_prior():
-    def model(x):
-        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Normal(loc, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
     pyro.clear_param_store()
-    guide = AutoAmortizedGuide(model, site_families={"loc": "prior"})
+    guide = AutoAmortizedGuide(shared_mean_model, site_families={"loc": "prior"})
     with pytest.raises(ValueError, match="Give this site the 'normal' family"):
         guide(torch.randn(5))

@@ -15,6 +15,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED, kl_diag_normal
+from models import shared_mean_model
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
@@ -510,16 +511,10 @@ def test_long_training_on_the_tutorial_models_stays_finite(name):
 
 
 def test_a_global_site_whose_parameters_diverged_says_so():
-    def model(x):
-        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", len(x)):
-            z = pyro.sample("z", dist.Normal(mu, 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    guide = AutoAmortizedGuide(model)
+    guide = AutoAmortizedGuide(shared_mean_model)
     guide(torch.randn(10))
     with torch.no_grad():
         for parameter in guide.global_params.parameters():
             parameter.fill_(float("nan"))
-    with pytest.raises(ValueError, match="global site 'mu' are NaN or infinite"):
+    with pytest.raises(ValueError, match="global site 'loc' are NaN or infinite"):
         guide(torch.randn(10))
