@@ -184,7 +184,8 @@ def plate_features(
     """The encoder's features of a data plate's rows ``indices`` (every row for
     ``None``; see :func:`plate_inputs`), or of a group plate's groups, from the
     rows of each (``values`` starts with the group index; the number of groups
-    is ``plate_size``, or the largest index plus one).
+    is ``plate_size``, or the first call's number of groups and any more the
+    indices name).
     """
     dtype = _integer_dtype(encoder, values[1:] if plate.group_index else values)
     if plate.group_index is None:
@@ -218,7 +219,9 @@ def _check_groups(plate: DataPlate, groups: object, num_rows: int, plate_size: i
             f"{num_rows} entries, but it is {_describe(groups)}."
         )
     largest = int(groups.max()) if num_rows else -1
-    num_groups = largest + 1 if plate_size is None else int(plate_size)
+    # Unknown in this call (a guide loaded without its model): the first call's
+    # groups, and any new ones the indices name.
+    num_groups = max(largest + 1, plate.full_size) if plate_size is None else int(plate_size)
     if int(groups.min() if num_rows else 0) < 0 or largest >= num_groups:
         raise ValueError(
             f"Argument '{name}' holds group indices from {int(groups.min())} to {largest}, but "

@@ -173,7 +173,8 @@ def per_row_log_prob(
         if site["infer"].get("enumerate"):
             raise ValueError(
                 f"Site '{name}' is enumerated; per-data-point importance weights need "
-                "sampled sites. Remove its infer={'enumerate': ...}."
+                "sampled sites. Remove its infer={'enumerate': ...} in the model, or "
+                "build the guide without enumerate_discrete."
             )
         log_prob = site["log_prob"]
         full = log_prob.reshape((1,) * (nesting + 1 - log_prob.dim()) + log_prob.shape)

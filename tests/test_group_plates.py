@@ -117,8 +117,11 @@ def test_group_indices_are_checked_and_per_point_diagnostics_refuse_groups():
     guide = AutoAmortizedGuide(grouped_model, hidden_dims=(8,))
     guide(group, x, 10)
     loaded = pickle.loads(pickle.dumps(guide))  # no model: the guide checks the indices
-    # Without the model, the groups are 0 to the largest index (the last has no rows).
-    assert loaded.encode(group, x)["a"].batch_shape == (9,)
+    # Without the model: the first call's groups (the last has no rows), and new ones.
+    assert loaded.encode(group, x)["a"].batch_shape == (10,)
+    assert loaded.encode(torch.cat([group, torch.tensor([11])]), torch.cat([x, x[:1]]))[
+        "a"
+    ].batch_shape == (12,)
     with pytest.raises(ValueError, match="'group' must give the group .* 1-D integer tensor"):
         loaded.encode(group.float(), x)
     with pytest.raises(ValueError, match="holds group indices from -1 to 8"):
