@@ -115,12 +115,16 @@ class ModelStructure:
     :param unsized: the plates the model declares without a size
         (``pyro.plate("data")``): their frames hold the size their sites
         broadcast to, and the guide declares them without a size too.
+    :param per_group: group plates whose sites get per-group parameters
+        (crossed or nested effects, see
+        :func:`~pyro_amortized.group_plates.uncrossed`).
     """
 
     data_plates: dict[str, DataPlate]
     sites: dict[str, LatentSite]
     frames: dict[str, CondIndepStackFrame]
     unsized: frozenset[str] = frozenset()
+    per_group: frozenset[str] = frozenset()
 
     @property
     def local_sites(self) -> tuple[str, ...]:
@@ -163,9 +167,10 @@ def read_model(
         arguments = {name: value for name, value in arguments.items() if name not in missing}
     candidates = data_plate_candidates(latent, observed, frames, arguments, amortize_on, outer)
     holding = {f.name for site in latent.values() for f in model_frames(site, outer)}
-    groups = {}
+    linked = {}
     if amortize_on is None:
-        groups = uncrossed(group_links(holding, frames, candidates, arguments, reached))
+        linked = group_links(holding, frames, candidates, arguments, reached)
+    groups = uncrossed(linked)
     sites: dict[str, LatentSite] = {}
     members: dict[str, list[str]] = {}
     for name, site in latent.items():
@@ -189,7 +194,8 @@ def read_model(
     if amortize_on is None:
         _warn_if_shared(data_plates)
     unsized = getattr(trace, UNSIZED, frozenset()) & frames.keys()
-    return ModelStructure(data_plates=data_plates, sites=sites, frames=frames, unsized=unsized)
+    per_group = frozenset(linked) - frozenset(groups)
+    return ModelStructure(data_plates, sites, frames, unsized, per_group)
 
 
 def inverse_order(names: Sequence[str], sites: Mapping[str, LatentSite]) -> tuple[str, ...]:
@@ -375,7 +381,7 @@ def warn_if_nothing_to_amortize(structure: ModelStructure, enumerated: Mapping[s
             "amortize: every latent site gets per-site parameters, as with AutoNormal.",
             UserWarning,
         )
-    elif not structure.data_plates:
+    elif not structure.data_plates and not structure.per_group:  # those were warned of
         warn(
             "The model has no data plate with local latent sites, so there is nothing to "
             "amortize: every latent site gets per-site parameters, as with AutoNormal. "
