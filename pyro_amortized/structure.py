@@ -253,14 +253,14 @@ def _encoder_feeds(
     arguments: dict[str, Any],
 ) -> tuple[tuple[str, int], ...]:
     """The arguments that feed a plate's encoder: those of its rows (a group
-    plate's are those of its rows' plate) but the group indices, which say
-    which group a row is in, not what was measured (a number per group, read
-    as a value, would mean nothing and grow with the groups), and a group
-    plate's rows' minibatch indices."""
+    plate's are those of its rows' plate) but the indices, which say which
+    rows a minibatch took and which group a row is in, not what was measured
+    (a number per group, read as a value, would mean nothing and grow with the
+    groups)."""
     rows_plate = groups[plate][0] if plate in groups else plate
     indices = {index for _, index in groups.values()}
     explicit = explicit_indices(trace, rows_plate)
-    if plate in groups and explicit is not None:
+    if explicit is not None:
         indices.add(_indices_argument(rows_plate, explicit, arguments))
     return tuple((name, axis) for name, axis in candidates[rows_plate] if name not in indices)
 
@@ -298,8 +298,8 @@ def _rows_layout(
     arguments: dict,
     indices: str | None,
 ) -> dict[str, Any]:
-    """A data plate's inputs: the arguments with a row per data point."""
-    feeds = tuple((name, axis) for name, axis in feeds if name != indices)
+    """A data plate's inputs: the arguments with a row per data point (its
+    ``indices`` left out, see :func:`_encoder_feeds`)."""
     if not feeds:
         raise ValueError(
             f"Plate '{frame.name}' holds latent sites, but no model argument other than "
@@ -326,7 +326,7 @@ def _group_layout(
 ) -> dict[str, Any]:
     """A group plate's inputs: the other arguments of its rows' data plate."""
     rows_plate, group_index = group
-    inputs = tuple(name for name, axis in feeds if axis == 0 and name != group_index)
+    inputs = tuple(name for name, axis in feeds if axis == 0)  # its index left out
     if not inputs:
         raise ValueError(
             f"Plate '{frame.name}' holds latent sites whose data are the rows of plate "
