@@ -183,7 +183,7 @@ def read_model(
     data_plates = {
         plate: _data_plate(
             frames[plate],
-            _encoder_feeds(plate, candidates, groups, trace, arguments),
+            _encoder_feeds(plate, candidates, groups, linked, trace, arguments),
             arguments,
             inverse_order(names, sites),
             explicit_indices(trace, plate),
@@ -249,16 +249,17 @@ def _encoder_feeds(
     plate: str,
     candidates: Mapping[str, tuple],
     groups: Mapping[str, tuple[str, str]],
+    linked: Mapping[str, tuple[str, str]],
     trace: poutine.Trace,
     arguments: dict[str, Any],
 ) -> tuple[tuple[str, int], ...]:
     """The arguments that feed a plate's encoder: those of its rows (a group
-    plate's are those of its rows' plate) but the indices, which say which
-    rows a minibatch took and which group a row is in, not what was measured
-    (a number per group, read as a value, would mean nothing and grow with the
-    groups)."""
+    plate's, of ``groups``, are those of its rows' plate) but the indices,
+    which say which rows a minibatch took and which group a row is in (of
+    every plate ``linked``, amortized or not), not what was measured (a number
+    per group, read as a value, would mean nothing and grow with the groups)."""
     rows_plate = groups[plate][0] if plate in groups else plate
-    indices = {index for _, index in groups.values()}
+    indices = {index for _, index in linked.values()}
     explicit = explicit_indices(trace, rows_plate)
     if explicit is not None:
         indices.add(_indices_argument(rows_plate, explicit, arguments))

@@ -365,3 +365,20 @@ def test_a_model_that_refuses_the_checks_values_keeps_its_only_index():
     guide = AutoAmortizedGuide(model)
     guide(torch.arange(20) % 4, torch.randn(20))
     assert guide.local_sites == ("a",)
+
+
+def test_the_indices_of_crossed_plates_feed_no_encoder_of_their_rows():
+    def model(user, item, rating):
+        with pyro.plate("users", 8):
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+        with pyro.plate("items", 3):
+            v = pyro.sample("v", dist.Normal(0.0, 1.0))
+        with pyro.plate("ratings", len(user)):
+            e = pyro.sample("e", dist.Normal(0.0, 0.1))
+            pyro.sample("r", dist.Normal(u[..., user] + v[..., item] + e, 1.0), obs=rating)
+
+    guide = AutoAmortizedGuide(model)
+    with pytest.warns(UserWarning, match="group the same rows by different indices"):
+        guide(torch.arange(90) % 8, torch.arange(90) % 3, torch.randn(90))
+    # u and v get per-group parameters; their indices are no measurement of a rating.
+    assert guide.global_sites == ("u", "v") and guide.data_plates == {"ratings": ("rating",)}
