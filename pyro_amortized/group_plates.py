@@ -34,10 +34,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
-from pyro.util import get_rng_state, set_rng_state
 from torch.distributions import biject_to
 
-from .prototype import subsample_of
+from .prototype import quietly, subsample_of
 from .user_warnings import warn
 
 RowsReached = Callable[[str, str, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
@@ -265,13 +264,9 @@ def _row_densities(
     """The log densities of the observed sites of ``rows_plate`` (zero where
     masked), one row per row of the plate, in a run of the model replaying
     ``trace``."""
-    state = get_rng_state()
-    try:
-        with torch.no_grad():
-            run = poutine.block(poutine.trace(poutine.replay(model, trace=trace)).get_trace)
-            replayed = run(*args, **kwargs)
-    finally:
-        set_rng_state(state)
+    with quietly():
+        run = poutine.block(poutine.trace(poutine.replay(model, trace=trace)).get_trace)
+        replayed = run(*args, **kwargs)
     columns = []
     for site in replayed.nodes.values():
         if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):

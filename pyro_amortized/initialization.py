@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import torch
 from pyro.ops.tensor_utils import periodic_repeat
-from pyro.util import get_rng_state, set_rng_state
 from torch.distributions.transforms import Transform
 
 from .latent_sites import LatentSite
-from .prototype import model_value
+from .prototype import model_value, quietly
 from .user_warnings import warn
 
 PRIOR_DRAWS = 256
@@ -101,14 +100,11 @@ def global_start(
     start = initial_unconstrained(node, outer, transform)
     if not default or start.numel() > FAR_FROM_PRIOR_CHECKED:
         return start
-    state = get_rng_state()
     try:
-        with torch.no_grad():
+        with quietly():
             draws = transform.inv(model_value({**node, "value": node["fn"].sample((64,))}, outer))
     except NotImplementedError:
         return start
-    finally:
-        set_rng_state(state)
     if torch.isfinite(draws).all():
         low, median, high = draws.quantile(torch.tensor([0.25, 0.5, 0.75]), dim=0)
         distance = (start - median).abs() / ((high - low) / 1.35).clamp_min(1e-6)

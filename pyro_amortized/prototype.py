@@ -10,7 +10,8 @@ not the model's: :func:`model_value` and :func:`model_frames` leave them out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import pyro
 import pyro.distributions as dist
@@ -20,6 +21,7 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from pyro.util import get_rng_state, set_rng_state
 
 
 def is_enumerated(site: dict) -> bool:
@@ -143,6 +145,19 @@ def explicit_indices(trace: poutine.Trace, plate: str) -> torch.Tensor | None:
     if site is None or not site["infer"].get(_EXPLICIT):
         return None
     return site["value"]
+
+
+@contextmanager
+def quietly() -> Iterator[None]:
+    """Within the block, no gradients, and afterwards the random state (torch's,
+    numpy's, Python's) as it was before: the guide's own extra runs of the
+    model and draws from priors must not change the draws that follow."""
+    state = get_rng_state()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        set_rng_state(state)
 
 
 def subsample_of(trace: poutine.Trace, plate: str) -> torch.Tensor | None:

@@ -30,9 +30,8 @@ import torch
 from pyro import poutine
 from pyro.infer.inspect import TrackProvenance
 from pyro.ops.provenance import get_provenance
-from pyro.util import get_rng_state, set_rng_state
 
-from .prototype import trace_prototype
+from .prototype import quietly, trace_prototype
 
 Weight = tuple[Any, Any]
 """A site's ``(scale, mask)``: a number or tensor, and ``None``, a bool or a tensor."""
@@ -194,14 +193,8 @@ def quiet_run(model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict)
     """A trace of the model's prototype run (see
     :func:`~pyro_amortized.prototype.trace_prototype`) without gradients,
     leaving the random state as it was."""
-    # The run draws its initial values at random: the guide's own draws must not
-    # depend on it, so the random state is put back.
-    state = get_rng_state()
-    try:
-        with torch.no_grad():
-            return trace_prototype(model, init_loc_fn, args, kwargs)[0]
-    finally:
-        set_rng_state(state)
+    with quietly():  # the run draws its initial values at random
+        return trace_prototype(model, init_loc_fn, args, kwargs)[0]
 
 
 def weighted(weight: Weight | None) -> ExitStack:
