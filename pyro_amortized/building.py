@@ -204,7 +204,7 @@ def build_guide(
     arguments = bind_arguments(model, args, kwargs)
     optional = arguments_defaulting_to_none(model)
     sources = sometimes_observed(trace, outer, arguments, optional)
-    reached = functools.partial(rows_reached, model, trace, args, kwargs)
+    reached = functools.partial(rows_reached, model, trace, args, kwargs, {})
     structure = read_model(trace, outer, arguments, options.amortize_on, sources, reached)
     warn_if_nothing_to_amortize(structure, enumerated_in_plates(trace, outer))
     check_supervised_sites(options.supervise, structure.local_sites)

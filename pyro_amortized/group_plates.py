@@ -180,6 +180,7 @@ def rows_reached(
     trace: poutine.Trace,
     args: tuple,
     kwargs: dict,
+    unmoved: dict[str, torch.Tensor | None],
     group_plate: str,
     rows_plate: str,
     index: torch.Tensor,
@@ -191,6 +192,8 @@ def rows_reached(
     subsampled): two runs of the model replaying the prototype ``trace``'s
     latent values, jittered (:data:`JITTER`), the second with one group moved.
 
+    :param unmoved: the densities of the first run per rows plate, kept
+        across calls (the jittered values are the same for every candidate).
     :param index: a candidate group index, one entry per row of the plate
         (its full size or the trace's minibatch).
     :returns: per row of the trace's ``rows_plate``, the change of its log
@@ -221,7 +224,9 @@ def rows_reached(
     if not any_moved:
         return None
     try:
-        before = _row_densities(model, base, args, kwargs, rows_plate)
+        if rows_plate not in unmoved:
+            unmoved[rows_plate] = _row_densities(model, base, args, kwargs, rows_plate)
+        before = unmoved[rows_plate]
         after = _row_densities(model, moved, args, kwargs, rows_plate)
     except Exception:  # noqa: BLE001 - a model that refuses these values cannot tell
         return None
