@@ -4,6 +4,7 @@ call, and a key of a call's shapes for caches."""
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]
     """
     target = model.forward if isinstance(model, torch.nn.Module) else model
     try:
-        signature = inspect.signature(target)
+        signature = _signature(target)
         bound = signature.bind(*args, **kwargs)
     except (TypeError, ValueError):
         named = {f"args[{i}]": value for i, value in enumerate(args)}
@@ -41,6 +42,27 @@ def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]
         else:
             named[name] = value
     return named
+
+
+_SIGNATURES: tuple[weakref.WeakKeyDictionary, weakref.WeakKeyDictionary] = (
+    weakref.WeakKeyDictionary(),  # plain callables
+    weakref.WeakKeyDictionary(),  # bound methods, by their function
+)
+
+
+def _signature(target: Callable) -> inspect.Signature:
+    """``inspect.signature``, built once per callable: each call of a guide binds
+    its model's arguments, and the signature takes longer to build than to bind."""
+    function = getattr(target, "__func__", None)
+    cache, key = (_SIGNATURES[1], function) if function is not None else (_SIGNATURES[0], target)
+    try:
+        return cache[key]
+    except KeyError:
+        pass
+    except TypeError:  # neither weakly referable nor hashable
+        return inspect.signature(target)
+    signature = cache[key] = inspect.signature(target)
+    return signature
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ class SiteSampler:
         bound = self.saturation_bounds.get(site.name)
         latent = latent if bound is None else guard_saturation(latent, bound)
         value = transform(latent)
-        delta = dist.Delta(value, event_dim=site.event_dim)
+        # Unchecked: the value is the bijection's image of a checked estimate.
+        delta = dist.Delta(value, event_dim=site.event_dim, validate_args=False)
         return _sample_value(site, delta, value, latent, transform)
 
     def _warn_if_saturated(self, name: str, distribution: dist.Distribution) -> None:

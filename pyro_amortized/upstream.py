@@ -280,5 +280,8 @@ def head_input(features: torch.Tensor, pieces: Sequence[torch.Tensor]) -> torch.
     if not pieces:
         return features
     tensors = [features, *pieces]
-    batch = torch.broadcast_shapes(*(tensor.shape[:-1] for tensor in tensors))
-    return torch.cat([tensor.expand(batch + tensor.shape[-1:]) for tensor in tensors], -1)
+    batch = features.shape[:-1]
+    if any(piece.shape[:-1] != batch for piece in pieces):
+        batch = torch.broadcast_shapes(*(tensor.shape[:-1] for tensor in tensors))
+        tensors = [tensor.expand(batch + tensor.shape[-1:]) for tensor in tensors]
+    return torch.cat(tensors, -1)

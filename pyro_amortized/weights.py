@@ -95,9 +95,13 @@ def site_mask(name: str, mask: Any, batch_shape: torch.Size, event_dims: int) ->
     """A distribution's mask as the mask of its site (see :func:`distribution_mask`)."""
     if not isinstance(mask, torch.Tensor):
         return None if mask else False
-    mask = mask.expand(batch_shape)
     if event_dims == 0:
-        return mask
+        return mask.expand(batch_shape)
+    outer = batch_shape[: len(batch_shape) - event_dims]
+    kept = max(mask.dim() - event_dims, 0)
+    if all(size == 1 for size in mask.shape[kept:]):  # constant over the event by its shape
+        return mask.reshape(mask.shape[:kept]).expand(outer)
+    mask = mask.expand(batch_shape)
     inner = tuple(range(-event_dims, 0))
     if not torch.equal(mask.all(inner), mask.any(inner)):
         raise ValueError(

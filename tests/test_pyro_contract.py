@@ -374,6 +374,25 @@ def test_a_distributions_own_mask_weights_the_guide_exactly():
     assert losses["ours"] == pytest.approx(losses["hand"], rel=1e-6)
 
 
+@pytest.mark.parametrize("column", [True, False])
+def test_a_mask_constant_over_the_event_masks_the_guides_rows(column):
+    """A deep Markov model's ``.mask(mask[:, t : t + 1]).to_event(1)``: the mask
+    has one column, broadcast over the event (read without a check), or is
+    given over the whole event (checked to be constant over it)."""
+
+    def model(x, mask):
+        with pyro.plate("data", x.shape[0]):
+            rows = mask[:, None] if column else mask[:, None].expand(-1, 2)
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).mask(rows).to_event(1))
+            pyro.sample("x", dist.Normal(0.0, 1.0).mask(mask), obs=x)
+
+    x, mask = torch.randn(6), torch.arange(6) < 4
+    guide = AutoAmortizedGuide(model, hidden_dims=(4,))
+    for _ in range(2):  # planned, then sliced from the argument
+        trace = poutine.trace(guide).get_trace(x, mask)
+        assert torch.equal(trace.nodes["z"]["mask"], mask)
+
+
 def test_a_mask_that_differs_within_an_event_is_refused():
     def model(x):
         with pyro.plate("data", x.shape[0]):

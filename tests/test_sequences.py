@@ -120,6 +120,16 @@ def test_every_step_reads_the_globals_that_any_step_reads():
     assert isinstance(guide.network.encoders["chicks"], SequenceEncoder)
 
 
+def test_the_sequence_encoder_runs_the_recurrent_layer_named():
+    x = torch.randn(3, 5, 2)
+    assert isinstance(SequenceEncoder(5, (8,)).rnn, torch.nn.LSTM)
+    assert isinstance(SequenceEncoder(5, (8,), cell="gru").rnn, torch.nn.GRU)
+    assert SequenceEncoder(5, (8,), cell="gru")(x).shape == (3, 5, 8)
+    assert SequenceEncoder(5, (8,))(x).shape == (3, 5, 8)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        SequenceEncoder(5, (8,), cell="rnn")
+
+
 def test_a_sequence_encoder_of_another_length_is_refused():
     x, mask = simulate(4, 10, SEED)
     guide = AutoAmortizedGuide(state_space_model, encoder=SequenceEncoder(12))

@@ -340,7 +340,7 @@ def run(
     :param guide_kind: ``"hand"`` (the program's RNN and combiner guide) or
         ``"amortized"`` (``AutoAmortizedGuide(dmm.model, hidden_dims=(hidden,))``:
         its sequence encoder, a layer of width ``hidden`` per step then a
-        bidirectional GRU with ``hidden`` features per step, and one head
+        bidirectional LSTM with ``hidden`` features per step, and one head
         shared by the steps).
     :param steps: SVI steps (minibatches).
     :param batch_size: sequences per minibatch.
