@@ -79,7 +79,8 @@ class GlobalDelta(PyroModule):
         self.loc = PyroParam(init_loc, constraints.real, event_dim)
 
     def forward(self) -> dist.Distribution:
-        return dist.Delta(self.loc, event_dim=self.event_dim)
+        # Unchecked: a Delta checks only its log-density, here zero.
+        return dist.Delta(self.loc, event_dim=self.event_dim, validate_args=False)
 
 
 PRIOR_FAMILY_PARAMETERS: dict[type, dict[str, constraints.Constraint]] = {}

@@ -126,7 +126,9 @@ class DeltaHead(_LinearHead):
         self.loc = self._linear(init_loc)
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
-        return dist.Delta(self._output(self.loc, features), event_dim=self.event_dim)
+        # Unchecked: a Delta checks only its log-density, here zero.
+        loc = self._output(self.loc, features)
+        return dist.Delta(loc, event_dim=self.event_dim, validate_args=False)
 
 
 class _CorrelatedHead(_LinearHead):

@@ -128,7 +128,7 @@ class SiteSampler:
         bound = self.saturation_bounds.get(site.name)
         latent = latent if bound is None else guard_saturation(latent, bound)
         value = transform(latent)
-        # Unchecked: the value is the bijection's image of a checked estimate.
+        # Unchecked: a Delta checks only its log-density, here zero.
         delta = dist.Delta(value, event_dim=site.event_dim, validate_args=False)
         return _sample_value(site, delta, value, latent, transform)
 
