@@ -4,6 +4,7 @@ call, and a key of a call's shapes for caches."""
 from __future__ import annotations
 
 import inspect
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,22 +45,25 @@ def bind_arguments(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]
     return named
 
 
-_SIGNATURES: tuple[weakref.WeakKeyDictionary, weakref.WeakKeyDictionary] = (
-    weakref.WeakKeyDictionary(),  # plain callables
-    weakref.WeakKeyDictionary(),  # bound methods, by their function
-)
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Signatures of the callables bound so far, but bound methods."""
+
+_METHOD_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Signatures of bound methods (without their first parameter), by their function."""
 
 
 def _signature(target: Callable) -> inspect.Signature:
     """``inspect.signature``, built once per callable: each call of a guide binds
     its model's arguments, and the signature takes longer to build than to bind."""
-    function = getattr(target, "__func__", None)
-    cache, key = (_SIGNATURES[1], function) if function is not None else (_SIGNATURES[0], target)
+    if isinstance(target, types.MethodType):
+        cache, key = _METHOD_SIGNATURES, target.__func__
+    else:
+        cache, key = _SIGNATURES, target
     try:
         return cache[key]
     except KeyError:
         pass
-    except TypeError:  # neither weakly referable nor hashable
+    except TypeError:  # not weakly referable, or not hashable
         return inspect.signature(target)
     signature = cache[key] = inspect.signature(target)
     return signature

@@ -98,9 +98,9 @@ def site_mask(name: str, mask: Any, batch_shape: torch.Size, event_dims: int) ->
     if event_dims == 0:
         return mask.expand(batch_shape)
     outer = batch_shape[: len(batch_shape) - event_dims]
-    kept = max(mask.dim() - event_dims, 0)
-    if all(size == 1 for size in mask.shape[kept:]):  # constant over the event by its shape
-        return mask.reshape(mask.shape[:kept]).expand(outer)
+    event = range(max(mask.dim() - event_dims, 0), mask.dim())
+    if all(_repeated(mask, dim) for dim in event):  # constant over the event by its layout
+        return mask[(..., *[0] * len(event))].expand(outer)
     mask = mask.expand(batch_shape)
     inner = tuple(range(-event_dims, 0))
     if not torch.equal(mask.all(inner), mask.any(inner)):
@@ -111,6 +111,13 @@ def site_mask(name: str, mask: Any, batch_shape: torch.Size, event_dims: int) ->
             "or use poutine.mask."
         )
     return mask.all(inner)
+
+
+def _repeated(mask: torch.Tensor, dim: int) -> bool:
+    """Whether a mask holds one value along ``dim``: of size 1 there, or that one
+    value repeated without a copy (stride 0, as ``MaskedDistribution`` expands
+    ``mask[:, t : t + 1]`` over its event)."""
+    return mask.shape[dim] == 1 or (mask.stride(dim) == 0 and mask.shape[dim] > 0)
 
 
 def _combined(handler: Any, own: Any) -> Any:

@@ -17,6 +17,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.reparam import LocScaleReparam
 
 from pyro_amortized import AutoAmortizedDelta, AutoAmortizedGuide, AutoAmortizedNormalizingFlow
+from pyro_amortized.weights import site_mask
 
 # ------------------------------------------------------------------ the models
 
@@ -374,16 +375,16 @@ def test_a_distributions_own_mask_weights_the_guide_exactly():
     assert losses["ours"] == pytest.approx(losses["hand"], rel=1e-6)
 
 
-@pytest.mark.parametrize("column", [True, False])
-def test_a_mask_constant_over_the_event_masks_the_guides_rows(column):
+@pytest.mark.parametrize("copied", [False, True])
+def test_a_mask_constant_over_the_event_masks_the_guides_rows(copied):
     """A deep Markov model's ``.mask(mask[:, t : t + 1]).to_event(1)``: the mask
-    has one column, broadcast over the event (read without a check), or is
-    given over the whole event (checked to be constant over it)."""
+    is one column repeated over the event without a copy (read as it is laid
+    out), or a copy of it (checked to be constant over the event)."""
 
     def model(x, mask):
         with pyro.plate("data", x.shape[0]):
-            rows = mask[:, None] if column else mask[:, None].expand(-1, 2)
-            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).mask(rows).to_event(1))
+            rows = mask[:, None].expand(-1, 2).clone() if copied else mask[:, None]
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).mask(rows).to_event(1))
             pyro.sample("x", dist.Normal(0.0, 1.0).mask(mask), obs=x)
 
     x, mask = torch.randn(6), torch.arange(6) < 4
@@ -391,6 +392,19 @@ def test_a_mask_constant_over_the_event_masks_the_guides_rows(column):
     for _ in range(2):  # planned, then sliced from the argument
         trace = poutine.trace(guide).get_trace(x, mask)
         assert torch.equal(trace.nodes["z"]["mask"], mask)
+
+
+@pytest.mark.parametrize(
+    "batch, event, mask_shape",
+    [((6,), (2,), (6, 1)), ((6,), (2,), (1,)), ((3, 6), (2, 4), (6, 1, 1)), ((), (3,), ())],
+)
+def test_a_mask_repeated_over_the_event_is_read_as_its_copy_is(batch, event, mask_shape):
+    shape = torch.Size(batch + event)
+    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(SEED)) > 0.3
+    repeated = site_mask("z", mask.expand(shape), shape, len(event))
+    copied = site_mask("z", mask.expand(shape).clone(), shape, len(event))
+    assert repeated.shape == copied.shape == batch
+    assert torch.equal(repeated, copied)
 
 
 def test_a_mask_that_differs_within_an_event_is_refused():
