@@ -20,7 +20,7 @@ from torch import nn
 
 from .building import BuiltGuide
 from .calls import CallReader, given_rows
-from .encoders import ADAM_STEPS, all_finite
+from .encoders import all_finite
 from .heads import GAUSSIAN_HEADS
 from .latent_sites import LatentSite
 from .observed import supervised_term
@@ -133,7 +133,9 @@ def _global_proposal(step: SiteStep, module: nn.Module, reads: torch.Tensor | No
         raise ValueError(
             f"The parameters of global site '{step.name}' are NaN or infinite: they have "
             "diverged (look for a huge or NaN loss in earlier steps). Scale the data the "
-            f"model reads, or lower the learning rate: {ADAM_STEPS}"
+            "model reads, start the site nearer its posterior (init_loc_fn=), or lower the "
+            "learning rate (Adam moves each parameter by about the learning rate a step: "
+            "try 0.01 to 0.001)."
         ) from error
 
 
