@@ -109,13 +109,18 @@ def data_plate_candidates(
         elif _holds_latents(frame, latent, outer):
             nested = [a for a, v in arguments.items() if isinstance(v, (Mapping, list, tuple))]
             where = f", or inside argument {', '.join(nested)}" if nested else ""
+            fix = (
+                f"take it out of {', '.join(nested)} (amortize_on= names tensor arguments only)"
+                if nested
+                else "or name the inputs with amortize_on="
+            )
             raise ValueError(
                 f"Latent sites sit in plate '{name}' (size {frame.full_size or frame.size}), "
                 "but no model argument holds its rows: the observed data seems to come "
                 f"from outside the model's arguments (a closure or global variable{where}: "
                 "the guide reads tensor arguments only). Pass the data as a tensor "
                 "argument of the model, with one row per data point along its first "
-                "dimension, or name the inputs with amortize_on=."
+                f"dimension; {fix}."
             )
     return candidates
 

@@ -377,8 +377,9 @@ def warn_if_nothing_to_amortize(structure: ModelStructure, enumerated: Mapping[s
     elif not structure.data_plates and enumerated:
         sites = "; ".join(f"{names} in plate '{plate}'" for plate, names in enumerated.items())
         warn(
-            f"The model enumerates its local sites ({sites}), which TraceEnum_ELBO sums "
-            "out, and has no other latent site in a data plate, so there is nothing to "
+            f"The model enumerates its local sites ({sites}), which an enumerating ELBO "
+            "(TraceEnum_ELBO, TraceTMC_ELBO) sums out, and has no other latent site in a "
+            "data plate, so there is nothing to "
             "amortize: every latent site gets per-site parameters, as with AutoNormal.",
             UserWarning,
         )

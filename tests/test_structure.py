@@ -154,8 +154,9 @@ def test_data_inside_a_container_argument_is_named_in_the_error():
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
     config = {"observations": {"x": torch.randn(10)}}
-    with pytest.raises(ValueError, match="inside argument config: the guide reads tensor"):
+    with pytest.raises(ValueError, match="inside argument config: the guide reads tensor") as error:
         AutoAmortizedGuide(model)(config)
+    assert "take it out of config (amortize_on= names tensor arguments only)" in str(error.value)
 
 
 def test_unknown_amortize_on_argument():
