@@ -12,6 +12,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions.transforms import Transform
 
+from .heads import point_mass
+
 
 class GlobalNormal(PyroModule):
     """Per-site Normal over a global site's unconstrained value, as Pyro's AutoNormal.
@@ -79,8 +81,7 @@ class GlobalDelta(PyroModule):
         self.loc = PyroParam(init_loc, constraints.real, event_dim)
 
     def forward(self) -> dist.Distribution:
-        # Unchecked: a Delta checks only its log-density, here zero.
-        return dist.Delta(self.loc, event_dim=self.event_dim, validate_args=False)
+        return point_mass(self.loc, self.event_dim)
 
 
 PRIOR_FAMILY_PARAMETERS: dict[type, dict[str, constraints.Constraint]] = {}

@@ -100,6 +100,17 @@ class NormalHead(_LinearHead):
         return dist.Normal(loc, self._widened(scale)).to_event(self.event_dim)
 
 
+def point_mass(value: torch.Tensor, event_dim: int) -> dist.Delta:
+    """The guide's Delta at ``value``, unvalidated: a Delta validates only its
+    log-density, here zero, so the check would cost a call and find nothing.
+
+    Usage::
+
+        q = point_mass(torch.zeros(10, 2), event_dim=1)
+    """
+    return dist.Delta(value, event_dim=event_dim, validate_args=False)
+
+
 class DeltaHead(_LinearHead):
     """Point estimate: a Delta at a linear map of the features.
 
@@ -126,9 +137,7 @@ class DeltaHead(_LinearHead):
         self.loc = self._linear(init_loc)
 
     def forward(self, features: torch.Tensor) -> dist.Distribution:
-        # Unchecked: a Delta checks only its log-density, here zero.
-        loc = self._output(self.loc, features)
-        return dist.Delta(loc, event_dim=self.event_dim, validate_args=False)
+        return point_mass(self._output(self.loc, features), self.event_dim)
 
 
 class _CorrelatedHead(_LinearHead):

@@ -22,6 +22,7 @@ from torch.distributions.transforms import IndependentTransform
 
 from .discrete_heads import SATURATED, is_saturated
 from .encoders import ADAM_STEPS, all_finite
+from .heads import point_mass
 from .latent_sites import LatentSite
 from .quantiles import discrete_quantiles, unconstrained_quantiles
 from .transforms import guard_saturation
@@ -128,8 +129,7 @@ class SiteSampler:
         bound = self.saturation_bounds.get(site.name)
         latent = latent if bound is None else guard_saturation(latent, bound)
         value = transform(latent)
-        # Unchecked: a Delta checks only its log-density, here zero.
-        delta = dist.Delta(value, event_dim=site.event_dim, validate_args=False)
+        delta = point_mass(value, site.event_dim)
         return _sample_value(site, delta, value, latent, transform)
 
     def _warn_if_saturated(self, name: str, distribution: dist.Distribution) -> None:
@@ -164,7 +164,7 @@ class SiteSampler:
             return unconstrained
         transform = self.transforms[site.name]
         if isinstance(unconstrained, dist.Delta):
-            return dist.Delta(transform(unconstrained.v), event_dim=site.event_dim)
+            return point_mass(transform(unconstrained.v), site.event_dim)
         if is_identity(transform):
             return unconstrained  # real support: the head's distribution as it is
         return TransformedDistribution(unconstrained, [transform])
