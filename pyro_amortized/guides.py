@@ -204,7 +204,7 @@ class AutoAmortizedGuide(AutoGuide):
             plates = calls.plates(plan, args, kwargs, joined, every_row)
             weights = calls.weights(plan, model, self.init_loc_fn, args, kwargs, plates)
             parts = calls, self._built.sampler, self._registered_network().heads
-            parts += self.global_params, features_of, (args, kwargs)
+            parts += self._modules["global_params"], features_of, (args, kwargs)
             visitor = SamplingPass(
                 *parts, plates=plates, weights=weights, path_derivative=self.path_derivative
             )
@@ -215,7 +215,8 @@ class AutoAmortizedGuide(AutoGuide):
         """The network, registered with Pyro for this run (``params.register_run``)."""
         network, first = self._modules["network"], not self._ran_with_store
         if register_run(self, network, self._modules["global_params"], first=first):
-            self._ran_with_store = True
+            if first:  # once: each set runs PyroModule's and nn.Module's __setattr__
+                self._ran_with_store = True
             return network
         return self.network  # PyroModule's own handling
 

@@ -10,7 +10,7 @@ reading the medians of the sites upstream: ``encode``, ``median`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import pyro
@@ -53,12 +53,17 @@ def standardized(value: torch.Tensor, proposal: dist.Distribution) -> torch.Tens
     return value
 
 
-def inner_plates(site: LatentSite, plates: Mapping[str, pyro.plate]) -> ExitStack:
-    """Enters the site's plates other than its data plate (entered by the caller)."""
+def inner_plates(
+    site: LatentSite, plates: Mapping[str, pyro.plate]
+) -> AbstractContextManager[None]:
+    """Enters the site's plates other than its data plate (entered by the
+    caller); a null context where there are none, as for most local sites."""
+    inner = [plates[frame.name] for frame in site.frames if frame.name != site.data_plate]
+    if not inner:
+        return nullcontext()
     stack = ExitStack()
-    for frame in site.frames:
-        if frame.name != site.data_plate:
-            stack.enter_context(plates[frame.name])
+    for plate in inner:
+        stack.enter_context(plate)
     return stack
 
 

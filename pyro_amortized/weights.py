@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 import pyro
@@ -208,13 +208,15 @@ def quiet_run(model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict)
         return trace_prototype(model, init_loc_fn, args, kwargs)[0]
 
 
-def weighted(weight: Weight | None) -> ExitStack:
-    """Enters ``poutine.scale`` and ``poutine.mask`` with a site's weight."""
+def weighted(weight: Weight | None) -> AbstractContextManager:
+    """Enters ``poutine.scale`` and ``poutine.mask`` with a site's weight (a
+    null context for a site without one, as most are: entered on every call)."""
+    if weight is None:
+        return nullcontext()
     stack = ExitStack()
-    if weight is not None:
-        scale, mask = weight
-        if isinstance(scale, torch.Tensor) or scale != 1.0:
-            stack.enter_context(poutine.scale(scale=scale))
-        if mask is not None:
-            stack.enter_context(poutine.mask(mask=mask))
+    scale, mask = weight
+    if isinstance(scale, torch.Tensor) or scale != 1.0:
+        stack.enter_context(poutine.scale(scale=scale))
+    if mask is not None:
+        stack.enter_context(poutine.mask(mask=mask))
     return stack

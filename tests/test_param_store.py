@@ -8,6 +8,7 @@ from models import factor_data, minibatch_model
 from pyro.infer import Trace_ELBO
 
 from pyro_amortized import AutoAmortizedDelta, AutoAmortizedGuide
+from pyro_amortized.params import named_parameters
 
 
 def _trained(seed, steps=20):
@@ -117,3 +118,16 @@ def test_a_guide_keeps_its_network_after_the_store_is_cleared():
     loss_second = Trace_ELBO(num_particles=50).loss(minibatch_model, second, x)
     assert loss_second < loss_first  # trained with a larger rate: each scores with its own
     assert not torch.equal(second.median(x)["z"], first.median(x)["z"])
+
+
+def test_the_parameter_walk_is_torchs_with_shared_modules_and_parameters():
+    shared = torch.nn.Linear(3, 2)
+    network = torch.nn.ModuleDict(
+        {"a": torch.nn.Sequential(shared, torch.nn.ReLU()), "b": shared, "c": torch.nn.Linear(2, 2)}
+    )
+    network["c"].weight = network["a"][0].weight  # a tied parameter
+    network.register_parameter("own", torch.nn.Parameter(torch.zeros(1)))
+    walked = named_parameters(network)
+    expected = list(network.named_parameters())
+    assert [name for name, _ in walked] == [name for name, _ in expected]
+    assert all(a is b for (_, a), (_, b) in zip(walked, expected, strict=True))
