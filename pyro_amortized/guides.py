@@ -193,8 +193,7 @@ class AutoAmortizedGuide(AutoGuide):
     def _run(
         self, args: tuple, kwargs: dict, features_of: Callable, every_row: bool = False
     ) -> dict[str, torch.Tensor]:
-        """Runs the call's plan (:class:`~pyro_amortized.passes.SamplingPass`) on the
-        data plates' ``features_of(plate, args, kwargs, indices, size)``."""
+        """Runs the call's plan (a :class:`~pyro_amortized.passes.SamplingPass`)."""
         if self._built is None:
             self._setup_prototype(*args, **kwargs)
         calls, model = self._built.calls, None if self._model is None else self.model
