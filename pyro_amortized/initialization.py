@@ -113,8 +113,8 @@ def global_start(
                 f"Global site '{node['name']}' starts at unconstrained zero (init_to_feasible, "
                 f"as AutoNormal), {float(distance.max()):.0f} of its prior's spreads from the "
                 "prior's median: the first steps spend themselves getting there, and can stall "
-                "the optimizer on other global sites. Pass init_loc_fn=init_to_median "
-                "(pyro.infer.autoguide.initialization) to start at the prior."
+                "the optimizer on other global sites. Pass init_loc_fn=init_to_median or "
+                "init_to_mean (pyro.infer.autoguide.initialization) to start at the prior."
             )
     return start
 

@@ -195,15 +195,25 @@ def global_upstream(
             neighbours[site] |= earlier - {site}
             neighbours[site].discard(name)
         if name in correlatable:
-            reads[name] = tuple(site for site in correlatable if site in earlier)
+            inputs = [site for site in correlatable if site in earlier]
+            if _total_size(structure, inputs) <= MAX_GLOBAL_INPUTS:
+                reads[name] = tuple(inputs)
     return {name: inputs for name, inputs in reads.items() if inputs}
 
 
 MAX_GLOBAL_INPUTS = 64
-"""With ``dependencies="model"``, a head reads a coupled global site only if the
-site has at most this many (unconstrained) values: a large global (a topic-word
-matrix, a decoder's weights as a latent) would swamp the encoder's features
-and slow every step. Name it in a ``dependencies`` mapping to read it anyway."""
+"""With ``dependencies="model"``, a head (or a global site's Normal) reads the
+global sites the posterior couples it with only where they have at most this
+many (unconstrained) values in all: a large global (a topic-word matrix, a
+decoder's weights as a latent), or many small ones, would swamp the encoder's
+features and the coefficients would slow training (on ``pyro.contrib.mue``'s
+``FactorMuE``, whose code reads 131 values of six globals, the ELBO per
+sequence was -12.2 against -9.0 reading none). Name them in a ``dependencies``
+mapping to read them anyway."""
+
+
+def _total_size(structure: ModelStructure, names: Sequence[str]) -> int:
+    return sum(global_size(structure.sites[name]) for name in names)
 
 
 def global_size(site: LatentSite) -> int:
@@ -215,26 +225,25 @@ def global_size(site: LatentSite) -> int:
 def _model_upstream(
     structure: ModelStructure, coupled: Mapping[str, set[str]]
 ) -> dict[str, tuple[str, ...]]:
-    """The sites each local head reads under ``dependencies="model"``."""
-    result, too_large = {}, {}
+    """The sites each local head reads under ``dependencies="model"``: the
+    coupled local sites, and the coupled global sites where they have at most
+    :data:`MAX_GLOBAL_INPUTS` values in all (with a warning otherwise)."""
+    result, unread = {}, {}
     for name in structure.local_sites:
-        inputs = []
-        for site in readable_sites(structure, name):
-            if site not in coupled.get(name, ()):
-                continue
-            info = structure.sites[site]
-            if not info.is_local and global_size(info) > MAX_GLOBAL_INPUTS:
-                too_large.setdefault(site, []).append(name)
-                continue
-            inputs.append(site)
+        inputs = [site for site in readable_sites(structure, name) if site in coupled.get(name, ())]
+        globals_ = tuple(site for site in inputs if not structure.sites[site].is_local)
+        if _total_size(structure, globals_) > MAX_GLOBAL_INPUTS:
+            unread.setdefault(globals_, []).append(name)
+            inputs = [site for site in inputs if site not in globals_]
         if inputs:
             result[name] = tuple(inputs)
-    for site, readers in too_large.items():
+    for globals_, readers in unread.items():
+        which = f"site '{globals_[0]}'" if len(globals_) == 1 else f"sites {list(globals_)}"
         warn(
-            f"The posterior of local site(s) {readers} depends on global site '{site}' "
-            f"({global_size(structure.sites[site])} values), which their heads do not "
-            f"read: more than {MAX_GLOBAL_INPUTS} values would swamp the encoder's "
-            f"features. Name it in dependencies={{'{readers[0]}': [...]}} to read it "
+            f"The posterior of local site(s) {readers} depends on global {which} "
+            f"({_total_size(structure, globals_)} values), which their heads do not read: "
+            f"more than {MAX_GLOBAL_INPUTS} values in all would swamp the encoder's "
+            f"features. Name them in dependencies={{'{readers[0]}': [...]}} to read them "
             "anyway, or pass dependencies='mean_field' to silence this.",
         )
     return result

@@ -121,6 +121,25 @@ def test_large_globals_are_not_read_unless_named():
     assert named.upstream_sites == {"theta": ("topics",)}
 
 
+def test_globals_of_more_than_64_values_in_all_are_not_read():
+    def model(x):
+        loads = [
+            pyro.sample(f"w{i}", dist.Normal(0.0, 1.0).expand([20]).to_event(1)) for i in range(4)
+        ]
+        shift = pyro.sample("shift", dist.Normal(sum(w.sum() for w in loads), 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([20]).to_event(1))
+            mean = shift + sum(z * w for w in loads)
+            pyro.sample("x", dist.Normal(mean, 1.0).to_event(1), obs=x)
+
+    x = torch.randn(8, 20)
+    with pytest.warns(UserWarning, match=r"global sites \['w0', .*'shift'\] \(81 values\)"):
+        guide = AutoAmortizedGuide(model)
+        guide(x)
+    # Each global reads the earlier ones while they total at most 64 values.
+    assert guide.upstream_sites == {"w1": ("w0",), "w2": ("w0", "w1"), "w3": ("w0", "w1", "w2")}
+
+
 def _scale_model(x):
     """z, then a positive child of z: the guide samples the child first, and
     z's head reads it."""
