@@ -188,8 +188,11 @@ class CallReader:
         if not self.weights_vary:
             return self._number_weights(plan, model, init_loc_fn, args, kwargs, plates)
         # A call that made its plan ran the model on its arguments: where no
-        # plate took a minibatch of rows, that run's weights are the call's.
-        whole = plan.takes_every_row
+        # plate took a minibatch of rows, the model's nor the guide's (joined:
+        # create_plates, an AutoGuideList's), that run's weights are the call's.
+        whole = plan.takes_every_row and not any(
+            0 < plate.subsample_size < plate.size for plate in plates.values()
+        )
         if plan is self.fresh and whole:
             return plan.weights
         sliced = None

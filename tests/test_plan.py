@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 from pyro_amortized import AutoAmortizedGuide
 from pyro_amortized.plan import run_plan
@@ -181,3 +182,23 @@ def test_masks_sliced_otherwise_in_a_later_call_are_read_from_the_model():
         trace = pyro.poutine.trace(guide).get_trace(x, mask, torch.tensor(column))
         assert call == 0 or len(runs) == 1
         assert torch.equal(trace.nodes["z"]["mask"], mask[:, column])
+
+
+def test_create_plates_subsampling_gives_each_call_the_masks_of_its_rows():
+    def model(x, batch_size, tag=None):
+        with pyro.plate("data", x.shape[0]) as rows:  # every row: the guide subsamples
+            xb = x[rows]
+            z = pyro.sample(
+                "z", dist.Normal(torch.zeros(len(rows), 2), 1.0).to_event(1).mask(xb[:, 0] > 0)
+            )
+            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=xb)
+
+    def create_plates(x, batch_size, tag=None):
+        return pyro.plate("data", x.shape[0], subsample_size=batch_size)
+
+    x = torch.randn(64, 2)
+    guide = AutoAmortizedGuide(model, create_plates=create_plates)
+    for tag in range(3):  # a new signature each call: each plan made by a run of the model
+        trace = poutine.trace(guide).get_trace(x, 8, tag=tag)
+        rows = trace.nodes["data"]["value"]
+        assert torch.equal(trace.nodes["z"]["mask"], x[rows, 0] > 0)
