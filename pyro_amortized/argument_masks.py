@@ -220,23 +220,3 @@ def masks_from_arguments(
             value = site_mask(name, value, *mask.masked)
         taken[name] = (weights[name][0], value)
     return taken
-
-
-def same_weights(first: Mapping[str, Weight], second: Mapping[str, Weight]) -> bool:
-    """Whether two calls' weights are equal, site by site."""
-    if first.keys() != second.keys():
-        return False
-    return all(
-        _equal(a, b) for name in first for a, b in zip(first[name], second[name], strict=True)
-    )
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and torch.equal(a, b)
-        )
-    return a == b

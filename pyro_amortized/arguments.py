@@ -143,6 +143,17 @@ def call_key(args: tuple, kwargs: dict) -> tuple:
     )
 
 
+def argument_keys(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Each named argument of a call by its part of the call's key (see
+    :func:`call_key`): a tensor by its shape, another value by itself.
+
+    Usage::
+
+        argument_keys(model, (x,), {"step": 3})   # {"x": ((100, 2), torch.float32, ...), "step": 3}
+    """
+    return {name: _value_key(value) for name, value in bind_arguments(model, args, kwargs).items()}
+
+
 def _value_key(value: Any) -> Any:
     """A tensor by its shape, type and device; a ``PackedSequence`` by its number
     of sequences, its longest length and the shape of a step (the total of its

@@ -18,8 +18,14 @@ import pyro
 import torch
 from torch import nn
 
-from .argument_masks import copied_masks, masks_from_arguments, same_weights, sliced_masks
-from .arguments import ArgumentLocation, bind_arguments, call_key, locate_argument
+from .argument_masks import copied_masks, masks_from_arguments, sliced_masks
+from .arguments import (
+    ArgumentLocation,
+    argument_keys,
+    bind_arguments,
+    call_key,
+    locate_argument,
+)
 from .encoders import plate_inputs
 from .observed import observed_sources
 from .plan import UNKNOWN, CallPlan, site_steps
@@ -27,7 +33,14 @@ from .prototype import trace_prototype
 from .sequences import TimeStep
 from .structure import DataPlate, ModelStructure
 from .user_warnings import warn
-from .weights import Weight, check_weights_follow_data, vary, weights_on_rows
+from .weights import (
+    Weight,
+    changed_sites,
+    check_weights_follow_data,
+    same_weights,
+    vary,
+    weights_on_rows,
+)
 
 MAX_CACHED_CALLS = 64
 """Argument signatures whose plans a guide keeps."""
@@ -66,6 +79,8 @@ class CallReader:
         self.number_calls: dict[tuple, int] = {}  # calls with number weights, per signature
         self.trained_latent: set[str] = set()  # sometimes-observed sites trained latent
         self.generated_warned: set[str] = set()  # plates warned about once
+        self.planned_keys: dict[str, set] = {}  # each argument's keys in the planned calls
+        self.new_signatures_warned = False
         self.guided_plates = {f.name for site in structure.sites.values() for f in site.frames}
 
     # -------------------------------------------------------------- the plan
@@ -115,9 +130,12 @@ class CallReader:
         """The plan of a call signature from a run of the model; learns which
         argument holds a local site this call observes."""
         if len(self.plans) >= MAX_CACHED_CALLS:
+            self._warn_of_new_signatures()
             self.plans.clear()
             self.sliced_calls.clear()
             self.number_calls.clear()
+        for name, key in argument_keys(model, args, kwargs).items():
+            self.planned_keys.setdefault(name, set()).add(key)
         plan = CallPlan.read(trace, outer, self.structure)
         if vary(plan.weights):
             if not self.weights_vary:
@@ -134,6 +152,27 @@ class CallReader:
             self.locations.setdefault(argument, locate_argument(model, argument))
         self.sources.update(learned)
         return plan
+
+    def _warn_of_new_signatures(self) -> None:
+        """Warns, once, where the arguments that change from call to call make
+        nearly every call a new signature, planned by a run of the model."""
+        changing = sorted(
+            name for name, keys in self.planned_keys.items() if len(keys) > MAX_CACHED_CALLS // 2
+        )
+        self.planned_keys.clear()
+        if changing and not self.new_signatures_warned:
+            self.new_signatures_warned = True
+            warn(
+                f"The guide has planned {MAX_CACHED_CALLS} argument signatures, each by a "
+                "run of the model (about one more forward pass a call): the model's "
+                f"arguments {changing} differ from call to call. A model may size its "
+                "plates or scale its sites by its arguments, so each new value is planned "
+                "anew: a tensor by its shape, a number by its value (an annealing factor "
+                "costs a run a call while it changes), another object by its identity. An "
+                "object made anew each call (a functools.partial or a lambda per step) "
+                "costs this for nothing: pass the same object, and tensors in a few shapes "
+                "(pad the data)."
+            )
 
     def known_size(self, plate: str, args: tuple, kwargs: dict) -> int | None:
         """A plate's full size in calls of this signature, where one was planned."""
@@ -234,11 +273,7 @@ class CallReader:
         if same_weights(plan.weights, weights):
             return plan.weights
         self.weights_vary = True
-        changed = sorted(
-            name
-            for name in plan.weights.keys() | weights.keys()
-            if not same_weights(_only(plan.weights, name), _only(weights, name))
-        )
+        changed = changed_sites(plan.weights, weights)
         warn(
             f"The model's scales or masks of the latent sites {changed} changed between "
             "two calls with the same arguments: the model takes it from program state "
@@ -400,10 +435,6 @@ def _checked_call(counts: dict[tuple, int], key: tuple) -> bool:
     the model (early, to catch a model that differs, at a cost that vanishes)."""
     count = counts[key] = counts.get(key, 0) + 1
     return not (count - 1) & (count - 2)
-
-
-def _only(weights: Mapping[str, Weight], name: str) -> dict[str, Weight]:
-    return {name: weights[name]} if name in weights else {}
 
 
 def given_rows(value: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from pyro import poutine
 from pyro.infer.inspect import TrackProvenance
 from pyro.ops.provenance import get_provenance
+from pyro.poutine.util import site_is_subsample
 
 from .prototype import quietly, trace_prototype
 
@@ -144,14 +145,24 @@ def check_weights_follow_data(
     computed from a latent site's value, as ``.mask(z_pres)`` in Pyro's
     Attend-Infer-Repeat: the guide reads its weights from a run of the model,
     whose latent values are not the guide's draws, so its sites would be
-    weighted unlike the model's and the ELBO would not be a bound.
+    weighted unlike the model's and the ELBO would not be a bound. Pyro's
+    provenance tracking names the latent sites; weights that differ between two
+    runs of the model with other draws catch the rest.
 
-    :raises ValueError: naming the weighted site and the latent sites it follows.
+    :raises ValueError: naming the weighted site (and the latent sites it follows).
     """
+    names = list(names)
+    _check_weights_by_provenance(model, init_loc_fn, args, kwargs, names)
+    _check_weights_stay_with_other_draws(model, args, kwargs, names)
+
+
+def _check_weights_by_provenance(
+    model: Callable, init_loc_fn: Callable, args: tuple, kwargs: dict, names: list[str]
+) -> None:
     try:
         with pyro.validation_enabled(False):
             trace = quiet_run(TrackProvenance()(model), init_loc_fn, args, kwargs)
-    except Exception:  # noqa: BLE001 - a model that breaks on tracked values: no check
+    except Exception:  # noqa: BLE001 - a model that breaks on tracked values: the next check
         return
     latent = {
         name
@@ -172,13 +183,48 @@ def check_weights_follow_data(
             raise ValueError(
                 f"The model weights the latent site '{name}' (poutine.mask, .mask() or "
                 f"poutine.scale) by a value computed from the latent site(s) {followed}. "
-                "The guide mirrors weights computed from the data, not from its own "
-                "draws, and with this one its ELBO would not be a bound. Sample the site "
-                "unmasked and let the latent value switch its effect downstream (as "
-                "z_pres * contribution), or guide it and the sites it follows by hand, "
-                "beside this guide on the rest of the model (AutoGuideList, "
-                "poutine.block(model, hide=[...]))."
+                + _FOLLOWED_DRAWS
             )
+
+
+_FOLLOWED_DRAWS = (
+    "The guide mirrors weights computed from the data, not from its own draws, and "
+    "with this one its ELBO would not be a bound. Sample the site unmasked and let "
+    "the latent value switch its effect downstream (as z_pres * contribution; some "
+    "programs have a switch for it, as AIR's use_masking=False), or guide it and the "
+    "sites it follows by hand, beside this guide on the rest of the model "
+    "(AutoGuideList, poutine.block(model, hide=[...]))."
+)
+
+
+def _check_weights_stay_with_other_draws(
+    model: Callable, args: tuple, kwargs: dict, names: list[str]
+) -> None:
+    """Runs the model twice on the call's arguments and rows, its latent values
+    drawn from their priors: tensor weights of the named sites that differ
+    between the runs follow the draws, however they were computed from them
+    (``torch.tensor(z.tolist())`` escapes provenance tracking). A model whose
+    priors cannot be sampled is not checked so.
+
+    :raises ValueError: naming the sites whose weights differ.
+    """
+    try:
+        with quietly():
+            first = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+            rows = {n: s["value"] for n, s in first.nodes.items() if site_is_subsample(s)}
+            again = poutine.condition(model, data=rows)
+            second = poutine.block(poutine.trace(again).get_trace)(*args, **kwargs)
+            before, after = handler_weights(first, names), handler_weights(second, names)
+    except Exception:  # noqa: BLE001 - an improper prior, a model that needs its guide
+        return
+    changed = changed_sites(before, after)
+    if changed:
+        raise ValueError(
+            f"The model weights the latent site(s) {changed} (poutine.mask, .mask() or "
+            "poutine.scale) by values that differ between two runs of the model on the "
+            "same arguments and rows: they follow its latent draws (or random numbers "
+            "of its own). " + _FOLLOWED_DRAWS
+        )
 
 
 def weights_on_rows(
@@ -220,3 +266,33 @@ def weighted(weight: Weight | None) -> AbstractContextManager:
     if mask is not None:
         stack.enter_context(poutine.mask(mask=mask))
     return stack
+
+
+def same_weights(first: Mapping[str, Weight], second: Mapping[str, Weight]) -> bool:
+    """Whether two calls' weights are equal, site by site."""
+    if first.keys() != second.keys():
+        return False
+    return all(
+        _equal(a, b) for name in first for a, b in zip(first[name], second[name], strict=True)
+    )
+
+
+def changed_sites(first: Mapping[str, Weight], second: Mapping[str, Weight]) -> list[str]:
+    """The sites whose weights differ between two calls, sorted."""
+    return sorted(
+        name
+        for name in first.keys() | second.keys()
+        if (name in first) != (name in second)
+        or not same_weights({name: first[name]}, {name: second[name]})
+    )
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
+    return a == b

@@ -1,5 +1,6 @@
 """The per-call plan: the order of a call's steps, and what a signature fixes."""
 
+import functools
 from contextlib import contextmanager
 
 import pyro
@@ -9,6 +10,7 @@ import torch
 from pyro import poutine
 
 from pyro_amortized import AutoAmortizedGuide
+from pyro_amortized.calls import MAX_CACHED_CALLS
 from pyro_amortized.plan import run_plan
 
 
@@ -202,3 +204,16 @@ def test_create_plates_subsampling_gives_each_call_the_masks_of_its_rows():
         trace = poutine.trace(guide).get_trace(x, 8, tag=tag)
         rows = trace.nodes["data"]["value"]
         assert torch.equal(trace.nodes["z"]["mask"], x[rows, 0] > 0)
+
+
+def test_an_argument_made_anew_each_call_is_named_once_the_plans_fill_up():
+    def model(x, prior):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(prior(), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    x = torch.randn(10)
+    guide = AutoAmortizedGuide(model)
+    with pytest.warns(UserWarning, match=r"arguments \['prior'\] differ from call to call"):
+        for step in range(MAX_CACHED_CALLS + 1):
+            guide(x, functools.partial(float, step % 3))

@@ -440,6 +440,23 @@ def test_a_weight_computed_from_a_latent_value_is_refused(form):
         AutoAmortizedGuide(model)(torch.randn(5))
 
 
+def test_a_weight_copied_from_a_latent_value_out_of_provenance_is_refused():
+    """A mask copied from z_pres through Python values escapes Pyro's provenance
+    tracking; it still differs between two runs of the model (64 rows: the two
+    runs draw the same z_pres with probability 2 ** -64). Before the check the
+    ELBO grew past the log evidence without limit."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z_pres = pyro.sample("z_pres", dist.Bernoulli(0.5))
+            mask = torch.tensor(z_pres.tolist()).bool()
+            w = pyro.sample("w", dist.Normal(0.0, 1.0).mask(mask))
+            pyro.sample("x", dist.Normal(z_pres * w, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match=r"\['w'\] .* differ between two runs of the model"):
+        AutoAmortizedGuide(model)(torch.randn(64))
+
+
 def test_a_scale_from_program_state_is_followed_from_its_first_change():
     """KL annealing with the factor kept as an attribute (not an argument): the
     guide's scale of z follows the model's, read again once it has changed."""
