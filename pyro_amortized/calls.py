@@ -375,11 +375,13 @@ class CallReader:
         warn(
             f"Site '{name}' is latent in this call ({argument}=None), but the guide has "
             f"only trained on calls that observe it: its head q({name} | ...) is "
-            "untrained, and so are the heads that read it. For a posterior predictive of "
-            f"'{name}', give the guide the observed values and leave them out of the "
-            f"model's call: Predictive(model, guide=functools.partial(guide, "
-            f"{argument}=...))(...) with no {argument}. To infer '{name}' where it is "
-            f"missing, also train on calls with {argument}=None.",
+            "untrained (the heads that read it trained on the observed values). For a "
+            f"posterior predictive of '{name}', give the guide the observed values and "
+            f"leave them out of the model's call: Predictive(model, "
+            f"guide=functools.partial(guide, {argument}=...))(...) with no {argument}. To "
+            f"infer '{name}' where it is missing, also train on calls with "
+            f"{argument}=None, or train its head on the observed values with "
+            f"supervise={{'{name}': weight}}.",
             UserWarning,
         )
 

@@ -177,6 +177,15 @@ def check_supervised_sites(supervise: Mapping[str, float], local_sites: Iterable
 
 def supervised_term(name: str, q: dist.Distribution, value: torch.Tensor, weight: float) -> None:
     """Adds ``weight * log q(value)`` to the ELBO, ``value`` the observed rows of
-    the site ``name``: a factor in the guide counts against the ELBO, so it
-    carries the negated term. Call it inside the site's plates."""
-    pyro.factor(f"{name}_supervised", -weight * q.log_prob(value), has_rsample=True)
+    the site ``name``. Call it inside the site's plates.
+
+    The term is an auxiliary latent site of the guide, ``<name>_supervised``: a
+    point mass whose log-density, the negated term, every ELBO subtracts as the
+    guide's. An observed site (``pyro.factor``) would not do: an objective that
+    treats the guide's observed sites as its own supervision, as the causal
+    effect VAE's ``TraceCausalEffect_ELBO`` adds their log-densities, flipped
+    its sign and trained the head away from the observed values, and
+    ``TraceMeanField_ELBO`` refuses observed sites that only the guide has."""
+    log_q = q.log_prob(value)
+    term = dist.Delta(torch.zeros_like(log_q), log_density=-weight * log_q, validate_args=False)
+    pyro.sample(f"{name}_supervised", term, infer={"is_auxiliary": True})

@@ -194,6 +194,7 @@ class SamplingPass(_Pass):
     def observed_site(self, step: SiteStep, plate: PlateStep, features: torch.Tensor) -> None:
         rows = given_rows(self.given[step.name], self.indices)
         if step.supervise is not None and torch.is_grad_enabled():
+            self.calls.check_trained_latent(step.name, training=True)  # its head learns here
             proposal = self.sampler.constrained(self._proposal(step, plate, features), step.site)
             with inner_plates(step.site, self.plates):
                 supervised_term(step.name, proposal, rows, step.supervise)

@@ -1,13 +1,16 @@
 """Sites observed in some calls and latent in others: the semi-supervised
 pattern ``obs=ys`` with ``ys=None`` for unlabelled batches."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from helpers import SEED, train
 from pyro import poutine
-from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
+from pyro.contrib.cevae import TraceCausalEffect_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_amortized import AutoAmortizedGuide
 
@@ -81,16 +84,31 @@ def labels_only(xs, ys=None):
         pyro.sample("x", dist.Normal(SHIFT * y, NOISE), obs=xs)
 
 
-def test_supervise_adds_the_weighted_log_density_of_the_labels():
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO, TraceCausalEffect_ELBO])
+def test_supervise_adds_the_weighted_log_density_of_the_labels(elbo):
+    """The same term under every ELBO: the causal effect VAE's, which adds the
+    log-density of the guide's observed sites, flipped the sign of a factor."""
     xs, ys = simulate(50, seed=0)
     guide = AutoAmortizedGuide(labels_only, supervise={"y": 0.5})
     guide(xs)
     log_joint = poutine.trace(labels_only).get_trace(xs, ys).log_prob_sum()
     log_q = guide.encode(xs)["y"].log_prob(ys).sum()
-    svi = SVI(labels_only, guide, pyro.optim.Adam({"lr": 0.0}), Trace_ELBO())
+    svi = SVI(labels_only, guide, pyro.optim.Adam({"lr": 0.0}), elbo())
     # Training: the objective with the labels' term; evaluation: the ELBO alone.
     assert torch.isclose(torch.tensor(svi.step(xs, ys)), -log_joint - 0.5 * log_q, rtol=1e-5)
     assert torch.isclose(torch.tensor(svi.evaluate_loss(xs, ys)), -log_joint, rtol=1e-5)
+
+
+def test_a_head_trained_by_supervise_is_not_said_to_be_untrained():
+    xs, ys = simulate(50, seed=0)
+    for supervise in (None, {"y": 1.0}):
+        guide = AutoAmortizedGuide(labels_only, supervise=supervise)
+        SVI(labels_only, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO()).step(xs, ys)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            guide.encode(xs)
+        untrained = [w for w in caught if "untrained" in str(w.message)]
+        assert len(untrained) == (1 if supervise is None else 0)
 
 
 def test_supervise_trains_the_head_from_labelled_batches_alone():
