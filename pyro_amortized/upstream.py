@@ -266,8 +266,14 @@ def per_point(value: torch.Tensor, site: LatentSite, plate_dim: int) -> torch.Te
     value = value if value.is_floating_point() else value.to(torch.get_default_dtype())
     position = value.dim() - event_dim + plate_dim
     if site.data_plate is None:
-        left = value.shape[: max(position, 0)]
-        return value.reshape(left + (1, -1))
+        # A global's own plates, at any dim, are read whole with its event:
+        # moved into the flattened rest, left as 1 among the particles' dims.
+        own = {value.dim() - event_dim + frame.dim for frame in site.frames}
+        keep = [dim for dim in range(max(position, 0)) if dim not in own]
+        rest = [dim for dim in range(value.dim()) if dim not in keep]
+        start = keep[0] if keep else max(position, 0)  # no leading dims of the plates
+        left = [value.shape[dim] if dim in keep else 1 for dim in range(start, max(position, 0))]
+        return value.permute(keep + rest).reshape(left + [1, -1])
     return value.reshape(value.shape[: position + 1] + (-1,))
 
 

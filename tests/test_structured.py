@@ -140,6 +140,25 @@ def test_globals_of_more_than_64_values_in_all_are_not_read():
     assert guide.upstream_sites == {"w1": ("w0",), "w2": ("w0", "w1"), "w3": ("w0", "w1", "w2")}
 
 
+def test_a_head_reads_a_global_of_a_plate_left_of_the_data_plate_as_one_value_per_row():
+    """A global in a plate at dim -2 is read whole by each row's head: its plate
+    is not a particle dimension, which spread z over it (shape (5, 6))."""
+
+    def model(data):
+        with pyro.plate("features", 5, dim=-2):
+            w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", data.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(w.sum(-2) * z, 1.0), obs=data)
+
+    data = torch.randn(6)
+    guide = AutoAmortizedGuide(model)
+    assert poutine.trace(guide).get_trace(data).nodes["z"]["value"].shape == (6,)
+    assert guide.upstream_sites == {"z": ("w",)}
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=2)
+    assert torch.isfinite(torch.tensor(elbo.loss(model, guide, data)))
+
+
 def _scale_model(x):
     """z, then a positive child of z: the guide samples the child first, and
     z's head reads it."""
