@@ -75,7 +75,12 @@ def discrete_kind(support: constraints.Constraint, event_shape: torch.Size) -> t
 def check_guidable(name: str, site: dict, plate: str | None, observed: dict) -> None:
     fn = site["fn"]
     if fn.support.is_discrete:
-        _check_discrete(name, fn, plate)
+        with_data = [
+            frame.name
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized and any(frame in s["cond_indep_stack"] for s in observed.values())
+        ]
+        _check_discrete(name, fn, plate, with_data)
     sequential = [f for f in site["cond_indep_stack"] if not f.vectorized]
     for frame in sequential:
         holds_data = any(frame in s["cond_indep_stack"] for s in observed.values())
@@ -90,9 +95,10 @@ def check_guidable(name: str, site: dict, plate: str | None, observed: dict) -> 
 ENUMERATION_TUTORIAL = "https://pyro.ai/examples/enumeration.html"
 
 
-def _check_discrete(name: str, fn: Any, plate: str | None) -> None:
+def _check_discrete(name: str, fn: Any, plate: str | None, with_data: list[str]) -> None:
     """A discrete latent site the model does not enumerate needs an amortized
-    head: only local Bernoulli, Categorical and OneHotCategorical sites have one."""
+    head: only local Bernoulli, Categorical and OneHotCategorical sites have one.
+    ``with_data`` are its plates that observed sites sit in too."""
     enumerate_it = (
         "Mark it with infer={'enumerate': 'parallel'} (or decorate the model with "
         "pyro.infer.config_enumerate) and train with TraceEnum_ELBO, which sums it out "
@@ -105,11 +111,19 @@ def _check_discrete(name: str, fn: Any, plate: str | None) -> None:
                 "Pyro cannot enumerate: if they belong to data points, declare a "
                 "pyro.plate over them in place of .to_event(), which makes the site local."
             )
+        named = ""
+        if with_data:
+            named = (
+                f" Its plate(s) {with_data} hold observed data but were not read as data "
+                "plates (a plate whose dimension is not the observed value's first, beside "
+                "a plate of latent sites, is not): if one is over the data points, name it "
+                f"with amortize_on={{'{with_data[-1]}': [the data argument]}}."
+            )
         raise ValueError(
             f"Latent site '{name}' is discrete and global: it sits outside every data "
             "plate, so no data point's encoder can propose it, and the model does not "
             f"enumerate it. {enumerate_it} Only discrete sites local to a data plate get "
-            "amortized heads."
+            f"amortized heads.{named}"
         )
     try:
         discrete_kind(fn.support, fn.event_shape)

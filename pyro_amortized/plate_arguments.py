@@ -32,14 +32,20 @@ def _feeding_axis(frame: CondIndepStackFrame, value: Any, offsets: Sequence[int]
 
 
 def _observed_offsets(
-    frame: CondIndepStackFrame, observed: dict, latent: dict, outer: frozenset[str]
+    frame: CondIndepStackFrame,
+    observed: dict,
+    latent: dict,
+    outer: frozenset[str],
+    named: bool = False,
 ) -> tuple[int, ...]:
     """Where the plate indexes the data of observed sites, counted from the right
     of each value. A plate indexes a site's data where it is the site's leading
     dimension, or where it is the site's outermost plate and the plate of the
     leading dimension holds no latent site (documents around words, in a
     words x documents matrix; but data inside features, in a data x features
-    matrix, keeps the data plate). Empty where the plate indexes no data."""
+    matrix, keeps the data plate). A plate the user names in ``amortize_on``
+    (``named``) indexes the data wherever it sits in the value. Empty where the
+    plate indexes no data."""
     offsets = set()
     for site in observed.values():
         frames = model_frames(site, outer)
@@ -52,7 +58,7 @@ def _observed_offsets(
         outermost = frames[0] == frame and (
             leading is None or not _holds_latents(leading, latent, outer)
         )
-        if (position == 0 or outermost) and value.shape[position] == frame.size:
+        if (position == 0 or outermost or named) and value.shape[position] == frame.size:
             offsets.add(value.dim() - position)
     return tuple(sorted(offsets, reverse=True))
 
@@ -85,7 +91,12 @@ def data_plate_candidates(
         name: _observed_offsets(frame, observed, latent, outer) for name, frame in frames.items()
     }
     if isinstance(amortize_on, Mapping):
-        return _explicit_candidates(frames, arguments, amortize_on, offsets)
+        named = {
+            name: _observed_offsets(frame, observed, latent, outer, named=True)
+            for name, frame in frames.items()
+            if name in amortize_on
+        }
+        return _explicit_candidates(frames, arguments, amortize_on, {**offsets, **named})
     if amortize_on is not None:
         names = (amortize_on,) if isinstance(amortize_on, str) else tuple(amortize_on)
         _check_argument_names(names, arguments)

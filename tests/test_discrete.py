@@ -9,6 +9,7 @@ import torch
 from helpers import SEED, train
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.infer.autoguide.initialization import init_to_value
+from pyro.ops.indexing import Vindex
 
 from pyro_amortized import AutoAmortizedGuide
 
@@ -131,3 +132,29 @@ def test_discrete_states_of_a_markov_loop_are_not_enumerated_by_the_guide():
     with pytest.raises(ValueError, match="in a pyro.markov loop, which the guide cannot enumerate"):
         AutoAmortizedGuide(model, enumerate_discrete="parallel")(x)
     AutoAmortizedGuide(model)(x)  # sampled by the guide: its heads read the next state
+
+
+def _features_by_points(data):
+    """Pyro's enumeration tutorial's mixture of categorical features: the data
+    laid out features x points, the points' plate inside the features'."""
+    data_plate = pyro.plate("data_plate", data.shape[1], dim=-1)
+    feature_plate = pyro.plate("feature_plate", data.shape[0], dim=-2)
+    with feature_plate, pyro.plate("component_plate", 4, dim=-1):
+        p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))
+    with data_plate:
+        c = pyro.sample("c", dist.Categorical(torch.ones(4)))
+        with feature_plate as features:
+            pyro.sample("x", dist.Categorical(Vindex(p)[features[..., None], c, :]), obs=data)
+
+
+def test_a_data_plate_inside_a_plate_of_latents_is_read_where_named():
+    data = torch.randint(3, (5, 6))
+    with pytest.raises(ValueError, match=r"amortize_on=\{'data_plate': \[the data argument\]\}"):
+        AutoAmortizedGuide(_features_by_points, enumerate_discrete="parallel")(data)
+    guide = AutoAmortizedGuide(
+        _features_by_points, enumerate_discrete="parallel", amortize_on={"data_plate": ["data"]}
+    )
+    elbo = TraceEnum_ELBO(max_plate_nesting=2)
+    assert torch.isfinite(torch.tensor(elbo.loss(_features_by_points, guide, data)))
+    assert guide.data_plates == {"data_plate": ("data",)}
+    assert (guide.local_sites, guide.global_sites) == (("c",), ("p",))
