@@ -87,16 +87,13 @@ def data_plate_candidates(
     :raises ValueError: with the fix, where latent sites sit in a plate whose
         rows no argument holds, or ``amortize_on`` names what cannot feed.
     """
+    named = amortize_on if isinstance(amortize_on, Mapping) else {}
     offsets = {
-        name: _observed_offsets(frame, observed, latent, outer) for name, frame in frames.items()
+        name: _observed_offsets(frame, observed, latent, outer, named=name in named)
+        for name, frame in frames.items()
     }
     if isinstance(amortize_on, Mapping):
-        named = {
-            name: _observed_offsets(frame, observed, latent, outer, named=True)
-            for name, frame in frames.items()
-            if name in amortize_on
-        }
-        return _explicit_candidates(frames, arguments, amortize_on, {**offsets, **named})
+        return _explicit_candidates(frames, arguments, amortize_on, offsets)
     if amortize_on is not None:
         names = (amortize_on,) if isinstance(amortize_on, str) else tuple(amortize_on)
         _check_argument_names(names, arguments)
